@@ -1,0 +1,150 @@
+"""Invoke configuration + task options -> validated specs. The only place defaults are merged.
+
+Precedence is invoke's: ``invoke.yaml`` < ``INVOKE_*`` environment variables < ``-f FILE`` < task
+options. Values that are lists may be given as one string (split like a shell would), because invoke
+cannot set a list from an environment variable.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from . import condaspec
+from .errors import ToolkitError
+from .spec import BuildSettings, ImageSpec, JobSpec, LocalSettings, frozen_map
+
+
+def section(cfg: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+    value = cfg.get(name) or {}
+    if not isinstance(value, Mapping):
+        raise ToolkitError(f"configuration '{name}' must be a mapping, got {value!r}", "fix invoke.yaml")
+    return value
+
+
+def words(value: Any) -> tuple[str, ...]:
+    """A list setting: a YAML list, or one string split like a shell command line."""
+    if value is None or value == "":
+        return ()
+    if isinstance(value, str):
+        return tuple(shlex.split(value))
+    if isinstance(value, (list, tuple)):
+        return tuple(str(v) for v in value)
+    raise ToolkitError(f"expected a list or a string, got {value!r}")
+
+
+def key_values(items: Iterable[str], what: str) -> dict[str, str]:
+    """``NAME=VALUE`` options (``--env``, ``--input``) into a dict, refusing anything else."""
+    result = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise ToolkitError(f"{what} {item!r} is not NAME=VALUE", f"e.g. --{what} data=./fowl")
+        result[name.strip()] = value
+    return result
+
+
+def targets(cfg: Mapping[str, Any]) -> tuple[str, ...]:
+    images = section(cfg, "images")
+    return tuple(k for k, v in images.items() if isinstance(v, Mapping))
+
+
+def image_spec(cfg: Mapping[str, Any], target: str, root: Path) -> ImageSpec:
+    known = targets(cfg)
+    if target not in known:
+        raise ToolkitError(f"unknown target {target!r}", f"known targets: {', '.join(known) or 'none configured'}")
+    images = section(cfg, "images")
+    image = images[target]
+    dockerfile = root / image.get("dockerfile", f"Dockerfile.{target}")
+    if not dockerfile.is_file():
+        raise ToolkitError(f"Dockerfile {dockerfile} for target {target!r} does not exist",
+                           f"set images.{target}.dockerfile")
+    conda_spec = root / image.get("conda", f"conda/{target}.yml")
+    try:
+        condaspec.load(conda_spec)
+    except condaspec.CondaSpecError as exc:
+        raise ToolkitError(str(exc), f"fix it or set images.{target}.conda") from None
+    base = str(image.get("base_image") or "")
+    if not base:
+        raise ToolkitError(f"images.{target}.base_image is not set", "set it in invoke.yaml or INVOKE_IMAGES_*")
+    return ImageSpec(
+        target=target,
+        repository=str(images.get("repository") or "amltrain"),
+        context=root,
+        dockerfile=dockerfile,
+        conda_spec=conda_spec,
+        base_image=base,
+        torch_index_url=str(image.get("torch_index_url") or ""),
+        system_packages=words(image.get("system_packages")),
+    )
+
+
+def build_settings(cfg: Mapping[str, Any]) -> BuildSettings:
+    build = section(cfg, "build")
+    ca_bundle = str(build.get("ca_bundle") or "")
+    if ca_bundle and not Path(ca_bundle).is_file():
+        raise ToolkitError(f"build.ca_bundle {ca_bundle} does not exist", "point it at a PEM bundle or unset it")
+    return BuildSettings(
+        docker_cli=str(section(cfg, "docker").get("cli") or "docker"),
+        ca_bundle=ca_bundle,
+        pip_index_url=str(build.get("pip_index_url") or ""),
+        pip_extra_index_urls=words(build.get("pip_extra_index_urls")),
+        pip_find_links=words(build.get("pip_find_links")),
+        pip_trusted_hosts=words(build.get("pip_trusted_hosts")),
+    )
+
+
+def job_spec(
+    cfg: Mapping[str, Any],
+    root: Path,
+    *,
+    target: str | None = None,
+    script: str | None = None,
+    arguments: str | None = None,
+    inputs: Iterable[str] = (),
+    env: Iterable[str] = (),
+) -> JobSpec:
+    """The job from ``job:`` in the configuration; task options win over it."""
+    job = section(cfg, "job")
+    source_dir = (root / str(job.get("source_dir") or ".")).resolve()
+    if not source_dir.is_dir():
+        raise ToolkitError(f"source directory {source_dir} does not exist", "set job.source_dir")
+    script = script or str(job.get("script") or "")
+    if not script:
+        raise ToolkitError("no training script given", "use --script or set job.script")
+    if not (source_dir / script).is_file():
+        raise ToolkitError(f"script {script} not found in source directory {source_dir}",
+                           "the script path is relative to job.source_dir")
+    merged_inputs = {**dict(section(job, "inputs")), **key_values(inputs, "input")}
+    resolved = {}
+    for name, path in merged_inputs.items():
+        local = (root / os.path.expanduser(str(path))).resolve()
+        if not local.is_dir():
+            raise ToolkitError(f"data input {name!r}: {local} is not a directory", "check --input NAME=DIR")
+        resolved[name] = local
+    return JobSpec(
+        experiment=str(job.get("experiment") or "amltrain"),
+        target=target or str(job.get("target") or "cpu"),
+        source_dir=source_dir,
+        script=script,
+        arguments=words(arguments) if arguments is not None else words(job.get("arguments")),
+        inputs=frozen_map(resolved),
+        environment=frozen_map({**{k: str(v) for k, v in section(job, "environment").items()},
+                                **key_values(env, "env")}),
+    )
+
+
+def local_settings(cfg: Mapping[str, Any], root: Path, user: str | None = None) -> LocalSettings:
+    local = section(cfg, "local")
+    user = user or str(local.get("user") or "") or f"{os.getuid()}:{os.getgid()}"
+    uid, _, gid = user.partition(":")
+    if not uid.isdigit() or (gid and not gid.isdigit()):
+        raise ToolkitError(f"user {user!r} is not UID[:GID]", "e.g. --user 1000:1000")
+    return LocalSettings(
+        runs_dir=(root / str(local.get("runs_dir") or "runs")).resolve(),
+        shm_size=str(local.get("shm_size") or "2g"),
+        user=user,
+        master_port=int(local.get("master_port") or 6105),
+    )

@@ -1,0 +1,20 @@
+"""The one exception users see: a message that says what was given and what to do, and an exit code."""
+
+from __future__ import annotations
+
+
+class ToolkitError(Exception):
+    """An anticipated failure, shown to the user as one line (no traceback).
+
+    ``hint`` says what to do about it; ``exit_code`` is what the task exits with (a failed training
+    container passes its own code through).
+    """
+
+    def __init__(self, message: str, hint: str | None = None, exit_code: int = 1):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        self.exit_code = exit_code
+
+    def __str__(self) -> str:
+        return f"{self.message} ({self.hint})" if self.hint else self.message

@@ -1,0 +1,177 @@
+"""Content-addressed training images: the tag is a hash of everything that determines the image.
+
+``build_request`` is pure (what ``invoke build --dry-run`` prints); ``build`` skips all work when the
+tag already exists, otherwise drives ``docker build`` through the CLI, because BuildKit's secret and
+cache mounts are not available through docker-py's classic builder. Proxy and mirror settings travel
+as BuildKit secrets, so they never reach a layer, a build arg or ``docker history``.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import engine
+from .errors import ToolkitError
+from .spec import BuildSettings, ImageSpec
+
+STAGE = "deps"
+# Files the Dockerfiles bind-mount into the dependency step: they determine the image as much as the spec.
+HELPERS = ("conda/install-deps.sh", "amltrain/condaspec.py")
+CONTENT_LABEL = "amltrain.content-hash"
+
+
+def build_args(spec: ImageSpec) -> dict[str, str]:
+    return {
+        "BASE_IMAGE": spec.base_image,
+        "CONDA_SPEC": spec.conda_spec.relative_to(spec.context).as_posix(),
+        "TORCH_INDEX_URL": spec.torch_index_url,
+        "SYSTEM_PACKAGES": " ".join(spec.system_packages),
+    }
+
+
+def content_hash(spec: ImageSpec) -> str:
+    """sha256 over the Dockerfile, the conda spec, the build helpers, the base reference and the build args."""
+    digest = hashlib.sha256()
+
+    def feed(name: str, data: bytes) -> None:
+        digest.update(f"{name}\0{len(data)}\0".encode())
+        digest.update(data)
+
+    feed("dockerfile", spec.dockerfile.read_bytes())
+    feed("conda", spec.conda_spec.read_bytes())
+    for helper in HELPERS:
+        feed(helper, (spec.context / helper).read_bytes())
+    feed("stage", STAGE.encode())
+    for key, value in sorted(build_args(spec).items()):
+        feed(f"arg:{key}", value.encode())
+    return digest.hexdigest()
+
+
+def image_ref(spec: ImageSpec) -> str:
+    return f"{spec.repository}:{spec.target}-{content_hash(spec)[:12]}"
+
+
+def pip_conf(settings: BuildSettings) -> str:
+    """pip's configuration for the build (a secret: mirror URLs may carry credentials)."""
+    lines = []
+    if settings.pip_index_url:
+        lines.append(f"index-url = {settings.pip_index_url}")
+    for key, values in (("extra-index-url", settings.pip_extra_index_urls),
+                        ("find-links", settings.pip_find_links),
+                        ("trusted-host", settings.pip_trusted_hosts)):
+        if values:
+            lines.append(f"{key} = " + "\n    ".join(values))
+    return "[global]\n" + "\n".join(lines) + "\n" if lines else ""
+
+
+def mask_url_credentials(text: str) -> str:
+    return re.sub(r"(://)[^/@\s]+@", r"\1****@", text)
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    image: str
+    content_hash: str
+    argv: tuple[str, ...]  # SECRETS_DIR stands for a private temporary folder made at build time
+    secrets: dict  # secret id -> host file, or the text written to SECRETS_DIR/<id>
+    spec: ImageSpec
+
+    def render(self) -> str:
+        lines = [f"image: {self.image}", f"content hash: {self.content_hash}",
+                 "command: DOCKER_BUILDKIT=1 " + " ".join(self.argv)]
+        for sid, value in self.secrets.items():
+            if isinstance(value, Path):
+                lines.append(f"secret {sid}: file {value}")
+            else:
+                lines.append(f"secret {sid}: generated, masked:")
+                lines.extend("    " + line for line in mask_url_credentials(value).splitlines())
+        return "\n".join(lines)
+
+
+def build_request(spec: ImageSpec, settings: BuildSettings) -> BuildRequest:
+    digest = content_hash(spec)
+    image = f"{spec.repository}:{spec.target}-{digest[:12]}"
+    secrets: dict = {}
+    conf = pip_conf(settings)
+    if conf:
+        secrets["pip.conf"] = conf
+    if settings.ca_bundle:
+        secrets["ca-bundle"] = Path(settings.ca_bundle)
+    argv = [settings.docker_cli, "build", "--progress", "plain", "--file", str(spec.dockerfile),
+            "--target", STAGE, "--tag", image]
+    for key, value in build_args(spec).items():
+        argv += ["--build-arg", f"{key}={value}"]
+    argv += ["--label", f"{CONTENT_LABEL}={digest}", "--label", f"amltrain.target={spec.target}"]
+    for sid, value in secrets.items():
+        src = value if isinstance(value, Path) else f"SECRETS_DIR/{sid}"
+        argv += ["--secret", f"id={sid},src={src}"]
+    argv.append(str(spec.context))
+    return BuildRequest(image=image, content_hash=digest, argv=tuple(argv), secrets=secrets, spec=spec)
+
+
+def build(request: BuildRequest, *, no_cache: bool = False) -> bool:
+    """Build the image unless its tag exists. Returns True when it built, False when up to date."""
+    client = engine.connect()
+    if not no_cache and engine.image_exists(client, request.image):
+        return False
+    with tempfile.TemporaryDirectory(prefix="amltrain-secrets-") as secrets_dir:
+        for sid, value in request.secrets.items():
+            if not isinstance(value, Path):
+                path = Path(secrets_dir, sid)
+                path.write_text(value)
+                path.chmod(0o600)
+        argv = [a.replace("SECRETS_DIR", secrets_dir) for a in request.argv]
+        if no_cache:
+            argv.insert(2, "--no-cache")
+        _run_build(argv, request)
+    return True
+
+
+def _run_build(argv: list[str], request: BuildRequest) -> None:
+    env = {**os.environ, "DOCKER_BUILDKIT": "1"}
+    tail: collections.deque[str] = collections.deque(maxlen=60)
+    try:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                                errors="replace")
+    except FileNotFoundError:
+        raise ToolkitError(f"docker CLI {argv[0]!r} not found", "set docker.cli to a docker client") from None
+    try:
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            tail.append(line.rstrip())
+        code = proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        proc.wait()
+        raise ToolkitError(f"build of {request.image} interrupted; nothing was tagged", exit_code=130) from None
+    if code != 0:
+        raise diagnose_build_failure(list(tail), request, code)
+
+
+def diagnose_build_failure(tail: list[str], request: BuildRequest, code: int) -> ToolkitError:
+    """One line that says why the build failed and what to do."""
+    text = "\n".join(tail)
+    base = request.spec.base_image
+    target = request.spec.target
+    if "buildx component is missing" in text or "requires BuildKit" in text:
+        return ToolkitError(f"docker CLI {request.argv[0]} cannot run BuildKit builds",
+                            "set docker.cli (INVOKE_DOCKER_CLI) to a client with BuildKit, e.g. /usr/bin/docker")
+    pull_markers = ("failed to resolve source metadata", "pull access denied", "failed to do request",
+                    "no such host", "manifest unknown", "not found: manifest", "failed to authorize")
+    if base in text and any(m in text for m in pull_markers) or "failed to create LLB definition" in text:
+        return ToolkitError(
+            f"base image {base} cannot be pulled",
+            f"point the build at another base: INVOKE_IMAGES_{target.upper()}_BASE_IMAGE=IMAGE or "
+            f"images.{target}.base_image in invoke.yaml (offline: `invoke standin-base`, see README)")
+    errors = [line for line in tail if line.startswith("error:") or "ERROR" in line or "failed to solve" in line]
+    detail = (errors or tail or ["no output"])[-1]
+    return ToolkitError(f"docker build of {request.image} failed (exit {code}): {detail[:300]}", exit_code=code or 1)

@@ -1,0 +1,78 @@
+"""The source-directory snapshot: what Azure ML uploads for a run, made the same way for local runs.
+
+Azure ML copies ``source_directory`` minus what ``.amlignore`` excludes (gitignore syntax; when there is
+no ``.amlignore``, ``.gitignore`` is used), refuses snapshots over 300 MB or 2,000 files, and gives the
+script a writable copy as its working directory. Local runs get exactly that copy, so a file the
+cloud would not see is not seen locally either.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+from pathlib import Path
+
+from .errors import ToolkitError
+
+MAX_FILES = 2000
+MAX_BYTES = 300 * 1024 * 1024
+ALWAYS_IGNORED = (".git/",)
+
+
+def ignore_patterns(source_dir: Path) -> list[str]:
+    for name in (".amlignore", ".gitignore"):
+        path = source_dir / name
+        if path.is_file():
+            return [*ALWAYS_IGNORED, *path.read_text(encoding="utf-8").splitlines()]
+    return list(ALWAYS_IGNORED)
+
+
+def files(source_dir: Path) -> tuple[str, ...]:
+    """Relative POSIX paths of the files in the snapshot, sorted."""
+    import pathspec
+
+    spec = pathspec.GitIgnoreSpec.from_lines(ignore_patterns(source_dir))
+    kept = []
+    for top, dirs, names in os.walk(source_dir):
+        rel_top = Path(top).relative_to(source_dir).as_posix()
+        prefix = "" if rel_top == "." else rel_top + "/"
+        dirs[:] = sorted(d for d in dirs if not spec.match_file(prefix + d + "/"))
+        kept.extend(prefix + n for n in sorted(names) if not spec.match_file(prefix + n))
+    return tuple(sorted(kept))
+
+
+def check_limits(source_dir: Path, names: tuple[str, ...]) -> int:
+    """Refuse what Azure ML would refuse, before anything runs. Returns the snapshot size in bytes."""
+    size = sum((source_dir / n).lstat().st_size for n in names)
+    if len(names) > MAX_FILES or size > MAX_BYTES:
+        raise ToolkitError(
+            f"snapshot of {source_dir} has {len(names)} files, {size / 2**20:.1f} MB; "
+            f"Azure ML allows {MAX_FILES} files and {MAX_BYTES // 2**20} MB",
+            "exclude data, outputs and environments in .amlignore; pass data as --input")
+    return size
+
+
+def tar_archive(source_dir: Path, names: tuple[str, ...], target: str, uid: int, gid: int) -> bytes:
+    """A tar of the snapshot rooted at ``target``, owned by uid:gid so the run can write in its copy."""
+    buffer = io.BytesIO()
+
+    def owned(info: tarfile.TarInfo) -> tarfile.TarInfo:
+        info.uid, info.gid, info.uname, info.gname = uid, gid, "", ""
+        return info
+
+    root = target.strip("/")
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        top = tarfile.TarInfo(root)
+        top.type, top.mode = tarfile.DIRTYPE, 0o755
+        tar.addfile(owned(top))
+        dirs_added = set()
+        for name in names:
+            parts = name.split("/")
+            for depth in range(1, len(parts)):
+                sub = "/".join(parts[:depth])
+                if sub not in dirs_added:
+                    dirs_added.add(sub)
+                    tar.add(source_dir / sub, arcname=f"{root}/{sub}", recursive=False, filter=owned)
+            tar.add(source_dir / name, arcname=f"{root}/{name}", recursive=False, filter=owned)
+    return buffer.getvalue()

@@ -1,0 +1,104 @@
+"""Frozen, I/O-free descriptions of what to build and what to run.
+
+``config`` makes them from invoke configuration and task options; ``images`` and ``localrun`` turn them
+into requests (plain data, what ``--dry-run`` prints) and execute those. Nothing here touches Docker.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Mapping
+
+
+def frozen_map(values: Mapping[str, str] | None = None) -> Mapping[str, str]:
+    return MappingProxyType(dict(values or {}))
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """Everything that determines one image flavour; all of it feeds the content-addressed tag."""
+
+    target: str  # "cpu" | "gpu"
+    repository: str
+    context: Path  # project root: the Dockerfiles bind-mount conda/ and amltrain/condaspec.py from it
+    dockerfile: Path
+    conda_spec: Path
+    base_image: str
+    torch_index_url: str = ""
+    system_packages: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class BuildSettings:
+    """How to reach packages during a build. Not part of the tag: a mirror serves the same packages.
+
+    All of it reaches the build as BuildKit secrets, never as build args or layers.
+    """
+
+    docker_cli: str = "docker"
+    ca_bundle: str = ""
+    pip_index_url: str = ""
+    pip_extra_index_urls: tuple[str, ...] = ()
+    pip_find_links: tuple[str, ...] = ()
+    pip_trusted_hosts: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One training job, defined once: ``run-local`` runs it in Docker, ``submit`` sends it to Azure ML.
+
+    ``arguments`` may reference data inputs as ``${{inputs.NAME}}``; each backend substitutes the path
+    where that input appears (a read-only mount locally, a dataset mount in Azure ML).
+    """
+
+    experiment: str
+    target: str
+    source_dir: Path
+    script: str
+    arguments: tuple[str, ...] = ()
+    inputs: Mapping[str, Path] = field(default_factory=frozen_map)
+    environment: Mapping[str, str] = field(default_factory=frozen_map)
+
+
+@dataclass(frozen=True)
+class LocalSettings:
+    runs_dir: Path
+    shm_size: str = "2g"
+    user: str = ""  # "uid:gid" the container runs as; outputs on the host belong to it
+    master_port: int = 6105  # what Azure ML's PyTorchConfiguration gives
+
+
+@dataclass(frozen=True)
+class Mount:
+    source: str
+    target: str
+    read_only: bool = False
+
+
+@dataclass(frozen=True)
+class ContainerRequest:
+    """One container, field for field what docker-py's ``containers.create`` receives."""
+
+    name: str
+    image: str
+    command: tuple[str, ...]
+    working_dir: str
+    hostname: str
+    user: str
+    shm_size: str
+    environment: Mapping[str, str]
+    mounts: tuple[Mount, ...]
+    labels: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class LocalRequest:
+    """A local run: the containers to start, the snapshot copied into each, and where results land."""
+
+    run_id: str
+    run_dir: Path
+    snapshot_dir: Path
+    snapshot_files: tuple[str, ...]
+    containers: tuple[ContainerRequest, ...]

@@ -1,0 +1,155 @@
+"""Invoke tasks: a thin CLI over the amltrain library (options -> config -> spec -> request -> backend).
+
+Every task has --help and --dry-run; an anticipated failure prints one line and exits non-zero
+(set AMLTRAIN_DEBUG=1 for the traceback).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from invoke import Exit, task
+
+from amltrain import config, images, localrun, standin
+from amltrain.errors import ToolkitError
+
+ROOT = Path(__file__).resolve().parent
+
+
+def one_line_errors(body):
+    """Turn ToolkitError into invoke's Exit: one line on stderr, the error's exit code, no traceback."""
+
+    @functools.wraps(body)
+    def wrapper(c, *args, **kwargs):
+        try:
+            return body(c, *args, **kwargs)
+        except ToolkitError as exc:
+            if os.environ.get("AMLTRAIN_DEBUG"):
+                raise
+            raise Exit(f"error: {exc}", code=exc.exit_code) from None
+
+    return wrapper
+
+
+def _print_yaml(data) -> None:
+    import yaml
+
+    print(yaml.safe_dump(data, sort_keys=False, width=1000), end="")
+
+
+@task(help={"force": "Remake the image even if it exists",
+            "dry-run": "Print the commands and run nothing"})
+@one_line_errors
+def standin_base(c, force=False, dry_run=False):
+    """Make the local stand-in for the MCR AzureML base (Debian + Python venv + OpenMPI); needs root."""
+    cfg = config.section(c.config, "standin")
+    plan = standin.plan(str(cfg.get("image")), str(cfg.get("suite") or "bookworm"), str(cfg.get("mirror") or ""),
+                        str(config.section(c.config, "docker").get("cli") or "docker"))
+    if dry_run:
+        print(plan.render())
+        return
+    if not force:
+        from amltrain import engine
+
+        if engine.image_exists(engine.connect(), plan.image):
+            print(f"stand-in base {plan.image} exists (--force to remake it)")
+            return
+    started = time.monotonic()
+    standin.create(plan)
+    print(f"stand-in base {plan.image} made in {time.monotonic() - started:.0f} s; select it with "
+          f"INVOKE_IMAGES_CPU_BASE_IMAGE={plan.image} (and _GPU_)")
+
+
+@task(help={"target": "Image flavour: cpu or gpu (images.<target> in invoke.yaml)",
+            "no-cache": "Rebuild even if the content-addressed tag exists, without the layer cache",
+            "dry-run": "Print the image tag and the build command (secrets masked) and build nothing"})
+@one_line_errors
+def build(c, target="cpu", no_cache=False, dry_run=False):
+    """Build the training image; with nothing changed, does no build work at all."""
+    spec = config.image_spec(c.config, target, ROOT)
+    request = images.build_request(spec, config.build_settings(c.config))
+    if dry_run:
+        print(request.render())
+        return
+    started = time.monotonic()
+    if images.build(request, no_cache=no_cache):
+        print(f"built {request.image} in {time.monotonic() - started:.1f} s")
+    else:
+        print(f"{request.image} is up to date: nothing changed, nothing built ({time.monotonic() - started:.2f} s)")
+
+
+@task(help={"target": "Image flavour (default: job.target)"})
+@one_line_errors
+def image_ref(c, target=None):
+    """Print the content-addressed image reference of a target (what build makes and runs use)."""
+    target = target or str(config.section(c.config, "job").get("target") or "cpu")
+    print(images.image_ref(config.image_spec(c.config, target, ROOT)))
+
+
+def _run_local(c, *, target, script, args, inputs, env, user, dry_run):
+    job = config.job_spec(c.config, ROOT, target=target, script=script, arguments=args, inputs=inputs, env=env)
+    image = images.image_ref(config.image_spec(c.config, job.target, ROOT))
+    request = localrun.local_request(job, image, config.local_settings(c.config, ROOT, user))
+    if dry_run:
+        _print_yaml(localrun.describe(request))
+        return
+    print(f"run {request.run_id}: {image}, results in {request.run_dir}", flush=True)
+    started = time.monotonic()
+    localrun.run(request)
+    print(f"run {request.run_id} completed in {time.monotonic() - started:.1f} s; outputs in "
+          f"{request.run_dir / 'outputs'}")
+
+
+@task(iterable=["input", "env"],
+      help={"target": "Image flavour (default: job.target)",
+            "script": "Training script, relative to job.source_dir (default: job.script)",
+            "args": "Script arguments as one string; ${{inputs.NAME}} becomes that input's path",
+            "input": "Data input NAME=DIR, mounted read-only (repeatable)",
+            "env": "Environment variable NAME=VALUE for the script (repeatable)",
+            "user": "UID:GID the container runs as (default: yours, so outputs are yours)",
+            "dry-run": "Print the exact container request (secrets masked) and run nothing"})
+@one_line_errors
+def run_local(c, target=None, script=None, args=None, input=None, env=None, user=None, dry_run=False):
+    """Run the job in local Docker, in the same image and with the same runtime contract as Azure ML."""
+    _run_local(c, target=target, script=script, args=args, inputs=input or [], env=env or [], user=user,
+               dry_run=dry_run)
+
+
+@task(help={"out": "Dataset folder (default: smoke.data_dir)",
+            "dry-run": "Print where it would be written and write nothing"})
+@one_line_errors
+def fowl_data(c, out=None, dry_run=False):
+    """Generate the small, deterministic chickens/turkeys dataset the smoke run trains on (no network)."""
+    out = ROOT / (out or str(config.section(c.config, "smoke").get("data_dir")))
+    if dry_run:
+        print(f"would generate the synthetic dataset in {out}" + (" (exists: kept)" if out.is_dir() else ""))
+        return
+    if (out / "train").is_dir() and (out / "val").is_dir():
+        print(f"dataset {out} exists")
+        return
+    result = subprocess.run([sys.executable, str(ROOT / "train/fowl_synthetic.py"), str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if result.returncode != 0:
+        last = (result.stdout.strip().splitlines() or ["no output"])[-1]
+        raise ToolkitError(f"generating the dataset failed: {last}", "the dev extra (Pillow) must be installed")
+    print(f"generated dataset {out}")
+
+
+@task(help={"dry-run": "Print the build and the run it would do, and do nothing"})
+@one_line_errors
+def smoke(c, dry_run=False):
+    """Build the CPU image and train 1 epoch on the generated dataset in it: the end-to-end check."""
+    smoke_cfg = config.section(c.config, "smoke")
+    data_dir = str(ROOT / str(smoke_cfg.get("data_dir")))
+    build(c, target="cpu", dry_run=dry_run)
+    fowl_data(c, out=data_dir, dry_run=dry_run)
+    if dry_run and not Path(data_dir).is_dir():
+        print(f"(the run request needs {data_dir}; it is printed once the dataset exists)")
+        return
+    _run_local(c, target="cpu", script=None, args=str(smoke_cfg.get("arguments")), inputs=[f"data={data_dir}"],
+               env=[], user=None, dry_run=dry_run)
