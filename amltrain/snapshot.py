@@ -32,12 +32,16 @@ def files(source_dir: Path) -> tuple[str, ...]:
     """Relative POSIX paths of the files in the snapshot, sorted."""
     import pathspec
 
-    spec = pathspec.GitIgnoreSpec.from_lines(ignore_patterns(source_dir))
+    patterns = ignore_patterns(source_dir)
+    spec = pathspec.GitIgnoreSpec.from_lines(patterns)
+    # Skipping ignored folders keeps a walk past .venv/ or data/ fast; with negations ("!x") a file
+    # inside an ignored folder's pattern may come back, so then every file is matched on its own.
+    prune = not any(p.strip().startswith("!") for p in patterns)
     kept = []
     for top, dirs, names in os.walk(source_dir):
         rel_top = Path(top).relative_to(source_dir).as_posix()
         prefix = "" if rel_top == "." else rel_top + "/"
-        dirs[:] = sorted(d for d in dirs if not spec.match_file(prefix + d + "/"))
+        dirs[:] = sorted(d for d in dirs if not (prune and spec.match_file(prefix + d + "/")) and d != ".git")
         kept.extend(prefix + n for n in sorted(names) if not spec.match_file(prefix + n))
     return tuple(sorted(kept))
 

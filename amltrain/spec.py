@@ -6,10 +6,10 @@ into requests (plain data, what ``--dry-run`` prints) and execute those. Nothing
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Mapping
 
 
 def frozen_map(values: Mapping[str, str] | None = None) -> Mapping[str, str]:

@@ -52,12 +52,16 @@ def plan(image: str, suite: str, mirror: str, docker_cli: str) -> StandinPlan:
         commands=(
             tuple(debootstrap),
             # policy-rc.d keeps package scripts from starting services (sshd) inside the chroot.
-            ("sh", "-c", "printf '#!/bin/sh\\nexit 101\\n' > ROOTFS/usr/sbin/policy-rc.d && chmod +x ROOTFS/usr/sbin/policy-rc.d"),
+            ("sh", "-c", "printf '#!/bin/sh\\nexit 101\\n' > ROOTFS/usr/sbin/policy-rc.d "
+             "&& chmod +x ROOTFS/usr/sbin/policy-rc.d"),
             ("chroot", "ROOTFS", "sh", "-c", "apt-get update -qq && DEBIAN_FRONTEND=noninteractive "
              f"apt-get install -y -qq --no-install-recommends {' '.join(APT_PACKAGES)}"),
             ("chroot", "ROOTFS", "python3", "-m", "venv", VENV),
-            ("sh", "-c", "rm -rf ROOTFS/usr/sbin/policy-rc.d ROOTFS/etc/ssh/ssh_host_* ROOTFS/var/cache/apt/archives/*.deb ROOTFS/var/lib/apt/lists/*"),
-            ("bash", "-o", "pipefail", "-c", f"tar -C ROOTFS -c . | {shlex.join([docker_cli, 'import', *changes, '-', image])}"),
+            # Host keys are made per run by whoever starts sshd; none is shared through the image.
+            ("sh", "-c", "rm -rf ROOTFS/usr/sbin/policy-rc.d ROOTFS/etc/ssh/ssh_host_* "
+             "ROOTFS/var/cache/apt/archives/*.deb ROOTFS/var/lib/apt/lists/*"),
+            ("bash", "-o", "pipefail", "-c",
+             f"tar -C ROOTFS -c . | {shlex.join([docker_cli, 'import', *changes, '-', image])}"),
         ),
     )
 

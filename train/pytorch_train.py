@@ -12,7 +12,10 @@ program needs neither this script nor torchvision to run::
     import json, torch
     model = torch.export.load("outputs/model.pt2").module()  # input: N x 3 x S x S float, ImageNet-normalised
     labels = json.load(open("outputs/labels.json"))
-    labels[model(batch).argmax(1)[0]]                          # S = metrics.json "image_size"
+    [labels[i] for i in model(batch).argmax(1).tolist()]       # S = metrics.json "image_size"
+
+The program is CPU-resident and already in eval mode (its ``.eval()`` raises); for a GPU, load it through
+``torch.export.passes.move_to_device_pass(program, "cuda")``.
 """
 
 from __future__ import annotations
@@ -81,8 +84,8 @@ def setup_distributed() -> tuple[int, int, torch.device]:
         env["WORLD_SIZE"], env["RANK"] = env["OMPI_COMM_WORLD_SIZE"], env["OMPI_COMM_WORLD_RANK"]
         env["LOCAL_RANK"] = env.get("OMPI_COMM_WORLD_LOCAL_RANK", "0")
         if "MASTER_ADDR" not in env:
-            addr, _, port = env.get("AZ_BATCH_MASTER_NODE", "127.0.0.1:29500").rpartition(":")
-            env["MASTER_ADDR"], env["MASTER_PORT"] = addr, env.get("MASTER_PORT", port)
+            addr, _, port = env.get("AZ_BATCH_MASTER_NODE", "127.0.0.1").partition(":")  # "host:port"
+            env["MASTER_ADDR"], env["MASTER_PORT"] = addr, env.get("MASTER_PORT") or port or "29500"
     world, rank, local_rank = (int(env.get(k, d)) for k, d in (("WORLD_SIZE", 1), ("RANK", 0), ("LOCAL_RANK", 0)))
     cuda = torch.cuda.is_available()
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
@@ -133,14 +136,14 @@ def download_fowl(cache_dir: Path) -> Path:
     return root
 
 
-def resolve_data(args: argparse.Namespace) -> Path:
-    if args.data_dir is None:
-        return download_fowl(args.cache_dir)
-    if not args.data_dir.is_dir():
+def check_paths(args: argparse.Namespace) -> None:
+    """Fail fast on paths the user got wrong: on every rank alike, before any process group exists."""
+    if args.data_dir is not None and not args.data_dir.is_dir():
         raise JobError(f"--data-dir {args.data_dir} does not exist", code=2)
-    if find_image_root(args.data_dir) != args.data_dir:
+    if args.data_dir is not None and find_image_root(args.data_dir) != args.data_dir:
         raise JobError(f"--data-dir {args.data_dir} must contain train/ and val/ folders", code=2)
-    return args.data_dir
+    if args.weights.lower() not in ("imagenet", "none") and not Path(args.weights).is_file():
+        raise JobError(f"--weights {args.weights}: expected imagenet, none, or an existing file", code=2)
 
 
 def make_loaders(root: Path, args: argparse.Namespace, rank: int, world: int) -> tuple[DataLoader, DataLoader]:
@@ -152,7 +155,7 @@ def make_loaders(root: Path, args: argparse.Namespace, rank: int, world: int) ->
     try:
         train_ds = datasets.ImageFolder(root / "train", train_tf)
         val_ds = datasets.ImageFolder(root / "val", val_tf)
-    except (FileNotFoundError, OSError) as exc:
+    except OSError as exc:  # e.g. no class folders with images
         raise JobError(f"cannot read the dataset in {root}: {exc}", code=2) from None
     if train_ds.classes != val_ds.classes:
         raise JobError(f"train classes {train_ds.classes} differ from val classes {val_ds.classes}", code=2)
@@ -174,8 +177,6 @@ def build_model(weights: str, num_classes: int) -> nn.Module:
             model = models.resnet18(weights=models.ResNet18_Weights.IMAGENET1K_V1)
         except OSError as exc:
             raise JobError(f"could not download the ImageNet weights: {exc}; use --weights none or a file") from None
-    elif not Path(weights).is_file():
-        raise JobError(f"--weights {weights}: expected imagenet, none, or an existing file", code=2)
     else:
         try:
             state = torch.load(weights, map_location="cpu", weights_only=True)
@@ -183,7 +184,8 @@ def build_model(weights: str, num_classes: int) -> nn.Module:
             model = models.resnet18(num_classes=state["fc.weight"].shape[0])
             model.load_state_dict(state)
         except Exception as exc:  # noqa: BLE001 - whatever is wrong with the file, the fix is the same
-            raise JobError(f"--weights {weights} is not a ResNet-18 state_dict: {exc}", code=2) from None
+            why = f"{type(exc).__name__}: {exc}"
+            raise JobError(f"--weights {weights}: not a ResNet-18 state_dict ({why})", code=2) from None
     if model.fc.out_features != num_classes:
         model.fc = nn.Linear(model.fc.in_features, num_classes)
     return model
@@ -226,7 +228,7 @@ def save_outputs(model: nn.Module, classes: list[str], metrics: dict, out_dir: P
 def train(args: argparse.Namespace, rank: int, world: int, device: torch.device) -> dict:
     torch.manual_seed(args.seed + rank)
     with local_leader_first():
-        train_dl, val_dl = make_loaders(resolve_data(args), args, rank, world)
+        train_dl, val_dl = make_loaders(args.data_dir or download_fowl(args.cache_dir), args, rank, world)
         net = build_model(args.weights, len(train_dl.dataset.classes)).to(device)
     model = DistributedDataParallel(net, device_ids=[device.index] if device.index is not None else None) \
         if world > 1 else net
@@ -262,21 +264,32 @@ def use_mlflow() -> bool:
     return mlflow is not None and bool(os.environ.get("MLFLOW_TRACKING_URI"))
 
 
+def mlflow_run(rank: int):
+    """The rank-0 MLflow run (Azure ML's own when MLFLOW_RUN_ID is set); a no-op elsewhere."""
+    if not use_mlflow() or rank != 0:
+        return contextlib.nullcontext()
+    try:
+        return mlflow.start_run()
+    except Exception as exc:  # noqa: BLE001 - a misconfigured store: say so in one line
+        raise JobError(f"MLflow cannot start a run at {os.environ['MLFLOW_TRACKING_URI']}: {exc}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
+        check_paths(args)
         rank, world, device = setup_distributed()
         if rank == 0:
             print(f"training on {device} with world size {world}; MLflow logging {'on' if use_mlflow() else 'off'}",
                   flush=True)
-        with mlflow.start_run() if use_mlflow() and rank == 0 else contextlib.nullcontext():
+        with mlflow_run(rank):
             if use_mlflow() and rank == 0:
                 mlflow.log_params({"learning_rate": args.learning_rate, "momentum": args.momentum,
                                    "batch_size": args.batch_size, "num_epochs": args.num_epochs,
                                    "weights": args.weights, "world_size": world})
             train(args, rank, world, device)
     except JobError as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
+        print("error:", " ".join(str(exc).split()), file=sys.stderr, flush=True)  # always one line
         return exc.code
     finally:
         if dist.is_initialized():

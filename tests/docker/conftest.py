@@ -1,0 +1,77 @@
+"""Tests against a real Docker engine. In CI (CI set) a missing engine fails them; elsewhere it skips them.
+
+The images come from the configuration the user or CI set (invoke.yaml, INVOKE_RUNTIME_CONFIG, INVOKE_*):
+on machines that cannot pull MCR, that is the stand-in base (see README).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from amltrain import engine
+from amltrain.errors import ToolkitError
+from tests.conftest import ROOT
+
+PROBE_DIR = "tests/docker/probe"
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "tests/docker/" in str(item.fspath).replace(os.sep, "/"):
+            item.add_marker(pytest.mark.docker)
+
+
+@pytest.fixture(scope="session")
+def docker_client():
+    try:
+        return engine.connect()
+    except ToolkitError as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"a Docker engine is required in CI: {exc}")
+        pytest.skip(f"no Docker engine: {exc}")
+
+
+def invoke(*args: str, env: dict | None = None, timeout: float = 1800) -> subprocess.CompletedProcess:
+    """Run an invoke task the way a user does, from the project root."""
+    return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=timeout)
+
+
+def built(target: str) -> str:
+    result = invoke("build", "--target", target)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr
+    match = re.search(r"(amltrain/\S+:" + target + r"-[0-9a-f]{12})", result.stdout)
+    assert match, result.stdout[-2000:]
+    return match.group(1)
+
+
+@pytest.fixture(scope="session")
+def cpu_image(docker_client) -> str:
+    return built("cpu")
+
+
+@pytest.fixture(scope="session")
+def gpu_image(docker_client) -> str:
+    return built("gpu")
+
+
+@pytest.fixture
+def probe_env(tmp_path) -> dict:
+    """Run the probe job instead of the training job, with its runs kept under tmp_path."""
+    return {"INVOKE_JOB_SOURCE_DIR": PROBE_DIR, "INVOKE_JOB_SCRIPT": "probe.py", "INVOKE_JOB_EXPERIMENT": "probe",
+            "INVOKE_LOCAL_RUNS_DIR": str(tmp_path / "runs")}
+
+
+def run_dir_of(output: str) -> str:
+    match = re.search(r"results in (\S+)", output)
+    assert match, output
+    return match.group(1)
+
+
+def containers_labelled(client, label: str) -> list:
+    return client.containers.list(all=True, filters={"label": label})

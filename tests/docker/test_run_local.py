@@ -1,0 +1,126 @@
+"""run-local end to end in real containers: the smoke training, the runtime contract, failures and cleanup."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+from .conftest import containers_labelled, invoke, run_dir_of
+
+
+def test_smoke_trains_a_model_that_loads_without_the_training_code(cpu_image, docker_client, tmp_path):
+    result = invoke("smoke", env={"INVOKE_LOCAL_RUNS_DIR": str(tmp_path / "runs")})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr
+    run_dir = Path(run_dir_of(result.stdout))
+    outputs = run_dir / "outputs"
+    assert {"model.pt2", "labels.json", "metrics.json"} <= {p.name for p in outputs.iterdir()}
+    metrics = json.loads((outputs / "metrics.json").read_text())
+    assert metrics["epochs"] == 1 and 0.0 <= metrics["best_val_acc"] <= 1.0
+    assert json.loads((outputs / "labels.json").read_text()) == ["chickens", "turkeys"]
+    # MLflow metrics, as Azure ML would record them, in the run's tracking store
+    logged = {p.name for p in run_dir.glob("mlruns/*/*/metrics/*")}
+    assert {"train_loss", "train_acc", "val_loss", "val_acc", "best_val_acc"} <= logged
+    log = (run_dir / "logs/user_logs/std_log.txt").read_text()
+    assert "epoch 1/1" in log and "epoch 1/1" in result.stdout
+    # the model loads in a bare interpreter: no train/ code, no torchvision import
+    shape = docker_client.containers.run(
+        cpu_image, ["python", "-c", "import sys, torch; p = torch.export.load('/model/model.pt2'); "
+                    "y = p.module()(torch.randn(2, 3, 112, 112)); assert 'torchvision' not in sys.modules; "
+                    "print(tuple(y.shape))"],
+        volumes={str(outputs): {"bind": "/model", "mode": "ro"}}, remove=True)
+    assert shape.decode().strip() == "(2, 2)"
+
+
+def test_the_script_sees_azure_mls_runtime_contract(cpu_image, probe_env, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "sample.txt").write_text("x")
+    # As root, run as someone else to see that outputs belong to the run's user, not to root.
+    uid, gid = (1234, 1234) if os.getuid() == 0 else (os.getuid(), os.getgid())
+    result = invoke("run-local", "--user", f"{uid}:{gid}", "--input", f"data={data}",
+                    "--args", "--input ${{inputs.data}}", env=probe_env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    run_dir = Path(run_dir_of(result.stdout))
+    run_id = run_dir.name
+    report = json.loads((run_dir / "outputs/probe.json").read_text())
+    env = report["env"]
+    assert {k: env[k] for k in ("MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK")} == {
+        "MASTER_PORT": "6105", "WORLD_SIZE": "1", "RANK": "0", "LOCAL_RANK": "0", "NODE_RANK": "0"}
+    assert env["AZUREML_RUN_ID"] == run_id and env["MASTER_ADDR"]
+    assert report["shm_bytes"] == 2 * 1024**3
+    assert report["cwd"] == "/mnt/azureml/wd" and report["cwd_writable"] == "yes"
+    assert report["files"] == [".amlignore", "probe.py"]  # the snapshot, without what .amlignore excludes
+    assert report["argv"] == ["--input", "/mnt/azureml/inputs/data"]
+    assert report["input_files"] == ["sample.txt"] and report["input_writable"] == "EROFS"
+    assert (report["uid"], report["gid"]) == (uid, gid)
+    written = (run_dir / "outputs/probe.json").stat()
+    assert (written.st_uid, written.st_gid) == (uid, gid)
+    log = (run_dir / "logs/user_logs/std_log.txt").read_text()
+    assert "probe: to stdout" in log and "probe: to stderr" in log
+
+
+def test_a_failing_script_fails_the_task_with_its_exit_code_and_leaves_nothing_running(
+        cpu_image, probe_env, docker_client):
+    result = invoke("run-local", "--args", "--exit-code 3", env=probe_env)
+    assert result.returncode == 3
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "exited with code 3" in lines[0]
+    assert "Traceback" not in result.stderr
+    run_dir = Path(run_dir_of(result.stdout))
+    assert (run_dir / "outputs/probe.json").is_file()  # partial outputs are kept
+    assert containers_labelled(docker_client, f"amltrain.run-id={run_dir.name}") == []
+
+
+def test_dry_run_prints_the_request_and_runs_nothing(cpu_image, probe_env, docker_client, tmp_path):
+    before = len(docker_client.containers.list(all=True))
+    result = invoke("run-local", "--dry-run", "--env", "MY_TOKEN=s3cr3t", env=probe_env)
+    assert result.returncode == 0, result.stderr
+    assert "shm_size: 2g" in result.stdout and "MASTER_PORT: '6105'" in result.stdout
+    assert "MY_TOKEN: '****'" in result.stdout and "s3cr3t" not in result.stdout
+    assert len(docker_client.containers.list(all=True)) == before
+    assert not (tmp_path / "runs").exists()
+
+
+def test_ctrl_c_stops_and_removes_the_container(cpu_image, probe_env, docker_client):
+    proc = subprocess.Popen([sys.executable, "-m", "invoke", "run-local", "--args", "--sleep 120"], cwd=ROOT,
+                            env={**os.environ, **probe_env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not docker_client.containers.list(filters={"label": "amltrain.experiment=probe"}):
+        assert proc.poll() is None and time.monotonic() < deadline, "the run did not start"
+        time.sleep(0.2)
+    time.sleep(1)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 130, stderr
+    assert "interrupted" in stderr and "Traceback" not in stderr
+    assert containers_labelled(docker_client, "amltrain.experiment=probe") == []
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--script", "missing.py"], "script missing.py not found"),
+    (["--input", "data=/nonexistent/dir"], "is not a directory"),
+    (["--args", "${{inputs.nope}}"], "input 'nope'"),
+    (["--target", "tpu"], "unknown target 'tpu'"),
+])
+def test_bad_input_is_one_line_and_starts_nothing(cpu_image, probe_env, docker_client, args, message):
+    before = len(docker_client.containers.list(all=True))
+    result = invoke("run-local", *args, env=probe_env)
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], result.stderr
+    assert len(docker_client.containers.list(all=True)) == before
+
+
+def test_an_image_that_was_not_built_is_named(probe_env, docker_client):
+    result = invoke("run-local", env={**probe_env, "INVOKE_IMAGES_CPU_SYSTEM_PACKAGES": "never-built"})
+    assert result.returncode != 0
+    assert "is not built" in result.stderr and "invoke build" in result.stderr

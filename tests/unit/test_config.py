@@ -1,0 +1,108 @@
+import os
+from pathlib import Path
+
+import pytest
+
+from amltrain import config
+from amltrain.errors import ToolkitError
+from tests.conftest import ROOT, load_config
+
+
+def test_targets_come_from_the_images_section():
+    assert config.targets(load_config()) == ("cpu", "gpu")
+
+
+def test_default_base_images_are_current_mcr_images_pinned_to_a_dated_tag(monkeypatch):
+    monkeypatch.delenv("INVOKE_RUNTIME_CONFIG", raising=False)
+    for var in [v for v in os.environ if v.startswith("INVOKE_IMAGES_")]:
+        monkeypatch.delenv(var)
+    cfg = load_config()
+    for target in ("cpu", "gpu"):
+        base = config.image_spec(cfg, target, ROOT).base_image
+        repo, _, tag = base.rpartition(":")
+        assert repo.startswith("mcr.microsoft.com/azureml/openmpi5.0-") and repo.endswith("ubuntu24.04")
+        assert tag[:8].isdigit() and tag[8:10] == ".v", base
+        assert "cudnn8" not in base and "openmpi4.1.0" not in base
+
+
+def test_environment_variable_overrides_invoke_yaml(monkeypatch):
+    monkeypatch.setenv("INVOKE_IMAGES_CPU_BASE_IMAGE", "example/base:1")
+    assert config.image_spec(load_config(), "cpu", ROOT).base_image == "example/base:1"
+
+
+def test_task_option_wins_over_configuration():
+    cfg = load_config({"job": {"script": "train/pytorch_train.py", "arguments": "--a 1"}})
+    job = config.job_spec(cfg, ROOT, arguments="--b '2 3'")
+    assert job.arguments == ("--b", "2 3")
+
+
+def test_list_settings_accept_a_yaml_list_or_one_string():
+    assert config.words(["a", 1]) == ("a", "1")
+    assert config.words("a 'b c'") == ("a", "b c")
+    assert config.words("") == ()
+
+
+@pytest.mark.parametrize("target", ["nope", "CPU", ""])
+def test_unknown_target_is_refused_with_the_known_ones(target):
+    with pytest.raises(ToolkitError, match="unknown target") as err:
+        config.image_spec(load_config(), target, ROOT)
+    assert "cpu, gpu" in err.value.hint
+
+
+def test_missing_dockerfile_is_named(tmp_path):
+    cfg = load_config({"images": {"cpu": {"dockerfile": "Dockerfile.missing"}}})
+    with pytest.raises(ToolkitError, match="Dockerfile.missing"):
+        config.image_spec(cfg, "cpu", ROOT)
+
+
+def test_missing_conda_spec_is_named():
+    cfg = load_config({"images": {"cpu": {"conda": "conda/missing.yml"}}})
+    with pytest.raises(ToolkitError, match="conda/missing.yml does not exist"):
+        config.image_spec(cfg, "cpu", ROOT)
+
+
+def test_malformed_conda_spec_names_file_and_line(tmp_path):
+    bad = tmp_path / "bad.yml"
+    bad.write_text("dependencies:\n  - pip\n  - pip: [torch\n")
+    cfg = load_config({"images": {"cpu": {"conda": str(bad)}}})
+    with pytest.raises(ToolkitError, match=r"bad.yml is not valid YAML at line \d"):
+        config.image_spec(cfg, "cpu", ROOT)
+
+
+def test_missing_data_dir_is_refused(tmp_path):
+    with pytest.raises(ToolkitError, match="is not a directory"):
+        config.job_spec(load_config(), ROOT, inputs=[f"data={tmp_path / 'nope'}"])
+
+
+def test_input_without_equals_is_refused():
+    with pytest.raises(ToolkitError, match="not NAME=VALUE"):
+        config.job_spec(load_config(), ROOT, inputs=["just-a-path"])
+
+
+def test_script_not_found_is_refused():
+    with pytest.raises(ToolkitError, match="script train/nope.py not found"):
+        config.job_spec(load_config(), ROOT, script="train/nope.py")
+
+
+def test_job_environment_merges_configuration_and_options():
+    cfg = load_config({"job": {"environment": {"A": "1", "B": "2"}}})
+    job = config.job_spec(cfg, ROOT, env=["B=3", "C=x=y"])
+    assert dict(job.environment) == {"A": "1", "B": "3", "C": "x=y"}
+
+
+def test_inputs_resolve_relative_to_the_project(tmp_path):
+    job = config.job_spec(load_config(), ROOT, inputs=["code=train"])
+    assert job.inputs["code"] == Path(ROOT, "train").resolve()
+
+
+def test_user_defaults_to_the_caller_and_is_validated():
+    assert config.local_settings(load_config(), ROOT).user == f"{os.getuid()}:{os.getgid()}"
+    assert config.local_settings(load_config(), ROOT, user="1234:99").user == "1234:99"
+    with pytest.raises(ToolkitError, match="not UID"):
+        config.local_settings(load_config(), ROOT, user="alice")
+
+
+def test_ca_bundle_must_exist(tmp_path):
+    cfg = load_config({"build": {"ca_bundle": str(tmp_path / "missing.pem")}})
+    with pytest.raises(ToolkitError, match="missing.pem does not exist"):
+        config.build_settings(cfg)

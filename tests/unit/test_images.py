@@ -1,0 +1,119 @@
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from amltrain import images
+from amltrain.spec import BuildSettings, ImageSpec
+from tests.conftest import ROOT
+
+
+@pytest.fixture
+def project(tmp_path) -> Path:
+    """A copy of what the image depends on, so tests can change any of it."""
+    for name in ("Dockerfile.cpu", "conda", "amltrain/condaspec.py"):
+        src, dst = ROOT / name, tmp_path / name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(src, dst) if src.is_dir() else shutil.copy(src, dst)
+    return tmp_path
+
+
+@pytest.fixture
+def spec(project) -> ImageSpec:
+    return ImageSpec(target="cpu", repository="amltrain/train", context=project, dockerfile=project / "Dockerfile.cpu",
+                     conda_spec=project / "conda/cpu.yml", base_image="example/base:1",
+                     torch_index_url="https://download.pytorch.org/whl/cpu")
+
+
+def test_tag_is_stable_for_the_same_inputs(spec):
+    assert images.image_ref(spec) == images.image_ref(replace(spec))
+    assert images.image_ref(spec).startswith("amltrain/train:cpu-")
+
+
+@pytest.mark.parametrize("path", ["Dockerfile.cpu", "conda/cpu.yml", "conda/install-deps.sh", "amltrain/condaspec.py"])
+def test_tag_changes_when_a_file_that_determines_the_image_changes(spec, path):
+    before = images.content_hash(spec)
+    with open(spec.context / path, "a") as f:
+        f.write("\n# changed\n")
+    assert images.content_hash(spec) != before
+
+
+@pytest.mark.parametrize("change", [
+    {"base_image": "example/base:2"},
+    {"torch_index_url": ""},
+    {"system_packages": ("libgl1",)},
+])
+def test_tag_changes_with_base_image_and_build_args(spec, change):
+    assert images.content_hash(replace(spec, **change)) != images.content_hash(spec)
+
+
+def test_unrelated_files_do_not_change_the_tag(spec):
+    before = images.content_hash(spec)
+    (spec.context / "README.md").write_text("docs")
+    (spec.context / "conda" / "notes.txt").write_text("x")
+    assert images.content_hash(spec) == before
+
+
+def test_mirror_settings_do_not_change_the_tag_and_travel_as_secrets(spec, tmp_path):
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    settings = BuildSettings(docker_cli="/usr/bin/docker", ca_bundle=str(ca),
+                             pip_index_url="https://bob:hunter2@mirror.example/simple",
+                             pip_extra_index_urls=("https://extra.example/simple",))
+    plain = images.build_request(spec, BuildSettings())
+    request = images.build_request(spec, settings)
+    assert request.image == plain.image
+    argv = " ".join(request.argv)
+    assert "hunter2" not in argv and "mirror.example" not in argv and "BEGIN CERTIFICATE" not in argv
+    assert f"--secret id=ca-bundle,src={ca}" in argv
+    assert "--secret id=pip.conf,src=SECRETS_DIR/pip.conf" in argv
+    assert "hunter2" in request.secrets["pip.conf"]
+    rendered = request.render()
+    assert "hunter2" not in rendered and "https://****@mirror.example/simple" in rendered
+
+
+def test_build_request_is_the_whole_command(spec):
+    request = images.build_request(spec, BuildSettings(docker_cli="docker"))
+    digest = images.content_hash(spec)
+    assert request.argv == (
+        "docker", "build", "--progress", "plain", "--file", str(spec.dockerfile), "--target", "deps",
+        "--tag", f"amltrain/train:cpu-{digest[:12]}",
+        "--build-arg", "BASE_IMAGE=example/base:1", "--build-arg", "CONDA_SPEC=conda/cpu.yml",
+        "--build-arg", "TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu", "--build-arg", "SYSTEM_PACKAGES=",
+        "--label", f"amltrain.content-hash={digest}", "--label", "amltrain.target=cpu",
+        str(spec.context),
+    )
+
+
+def test_pip_conf_lists_every_setting():
+    conf = images.pip_conf(BuildSettings(pip_index_url="https://i", pip_extra_index_urls=("https://a", "https://b"),
+                                         pip_find_links=("https://f",), pip_trusted_hosts=("h",)))
+    assert conf == ("[global]\nindex-url = https://i\nextra-index-url = https://a\n    https://b\n"
+                    "find-links = https://f\ntrusted-host = h\n")
+    assert images.pip_conf(BuildSettings()) == ""
+
+
+def test_unpullable_base_is_explained_with_the_setting_to_change(spec):
+    request = images.build_request(spec, BuildSettings())
+    tail = ["#3 ERROR: failed to do request: Head \"https://example/v2/base/manifests/1\": dial tcp: "
+            "lookup example: no such host",
+            "error: failed to solve: example/base:1: failed to resolve source metadata for example/base:1"]
+    err = images.diagnose_build_failure(tail, request, 1)
+    assert err.message == "base image example/base:1 cannot be pulled"
+    assert "INVOKE_IMAGES_CPU_BASE_IMAGE" in err.hint and "standin-base" in err.hint
+
+
+def test_other_build_failures_quote_the_error_line(spec):
+    request = images.build_request(spec, BuildSettings())
+    err = images.diagnose_build_failure(["#7 12.0 ERROR: No matching distribution found for torch==9",
+                                         "error: failed to solve: process did not complete successfully: exit code: 1"],
+                                        request, 1)
+    assert "failed (exit 1)" in err.message and "exit code: 1" in err.message
+
+
+def test_missing_buildkit_is_explained(spec):
+    request = images.build_request(spec, BuildSettings())
+    err = images.diagnose_build_failure(["ERROR: BuildKit is enabled but the buildx component is missing"],
+                                        request, 1)
+    assert "BuildKit" in err.message and "docker.cli" in err.hint
