@@ -13,6 +13,7 @@ on success, raising ``ToolkitError`` with the container's exit code otherwise.
 from __future__ import annotations
 
 import json
+import os
 import re
 import secrets
 import signal
@@ -144,8 +145,7 @@ def run(request: LocalRequest, out=None) -> None:
             raise ToolkitError(f"image {c.image} is not built", "run `invoke build` for this target first")
     uid, _, gid = request.containers[0].user.partition(":")
     archive = snapshot.tar_archive(request.snapshot_dir, request.snapshot_files, WORKDIR, int(uid), int(gid or uid))
-    for sub in ("outputs", "logs/user_logs", "mlruns"):
-        (request.run_dir / sub).mkdir(parents=True, exist_ok=True)
+    _make_run_dir(request.run_dir, int(uid), int(gid or uid))
     (request.run_dir / "request.json").write_text(json.dumps(describe(request), indent=2) + "\n")
     containers = []
     with _interrupts_as_keyboard_interrupt():
@@ -166,6 +166,19 @@ def run(request: LocalRequest, out=None) -> None:
         hint = "killed: out of memory?" if code == 137 else f"see {request.run_dir}/logs/user_logs/std_log.txt"
         raise ToolkitError(f"run {request.run_id} failed: the training script exited with code {code}", hint,
                            exit_code=code)
+
+
+def _make_run_dir(run_dir: Path, uid: int, gid: int) -> None:
+    """The folders the containers write into, owned by the user they run as (root may hand them over)."""
+    other_user = (uid, gid) != (os.getuid(), os.getgid())
+    if other_user and os.geteuid() != 0:
+        raise ToolkitError(f"cannot run as {uid}:{gid}: its outputs could not be written to {run_dir}",
+                           "only root can run containers as another user; drop --user")
+    folders = [run_dir / sub for sub in ("outputs", "logs", "logs/user_logs", "mlruns")]
+    for folder in folders:
+        folder.mkdir(parents=True, exist_ok=True)
+        if other_user:
+            os.chown(folder, uid, gid)
 
 
 def _create(client, c: ContainerRequest):
