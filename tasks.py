@@ -83,9 +83,10 @@ def build(c, target="cpu", no_cache=False, dry_run=False):
         print(f"{request.image} is up to date: nothing changed, nothing built ({time.monotonic() - started:.2f} s)")
 
 
-@task(help={"target": "Image flavour (default: job.target)"})
+@task(help={"target": "Image flavour (default: job.target)",
+            "dry-run": "Accepted for symmetry: this task only computes and prints"})
 @one_line_errors
-def image_ref(c, target=None):
+def image_ref(c, target=None, dry_run=False):
     """Print the content-addressed image reference of a target (what build makes and runs use)."""
     target = target or str(config.section(c.config, "job").get("target") or "cpu")
     print(images.image_ref(config.image_spec(c.config, target, ROOT)))

@@ -1,0 +1,71 @@
+"""The CLI as a user meets it: help on every task, --dry-run everywhere, one-line errors without Docker."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+
+def invoke(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=120)
+
+
+def task_names() -> list[str]:
+    listing = invoke("--list", "--list-format", "flat").stdout
+    return [line.split()[0] for line in listing.splitlines()[1:] if line.strip()]
+
+
+def test_the_tasks_a_user_needs_exist():
+    assert {"build", "run-local", "smoke", "standin-base", "fowl-data", "image-ref"} <= set(task_names())
+
+
+@pytest.mark.parametrize("name", ["build", "run-local", "smoke", "standin-base", "fowl-data", "image-ref"])
+def test_every_task_has_help_for_every_option_and_a_dry_run(name):
+    result = invoke(name, "--help")
+    assert result.returncode == 0
+    assert "--dry-run" in result.stdout
+    options = [line for line in result.stdout.splitlines() if line.strip().startswith("-")]
+    assert options and all(len(line.split(None, 1)) == 2 for line in options), result.stdout
+
+
+ENGINE_DOWN = {"DOCKER_HOST": "unix:///nonexistent/docker.sock"}
+
+
+@pytest.mark.parametrize("args", [["build"], ["run-local"]])
+def test_no_docker_engine_is_one_line_and_says_what_to_do(args):
+    result = invoke(*args, env=ENGINE_DOWN)
+    assert result.returncode == 1
+    assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("error: the Docker engine is not reachable") and "start it" in result.stderr
+
+
+def test_build_dry_run_needs_no_engine_and_shows_the_tag():
+    result = invoke("build", "--dry-run", env=ENGINE_DOWN)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("image: amltrain/train:cpu-")
+
+
+def test_run_local_dry_run_needs_no_engine():
+    result = invoke("run-local", "--dry-run", "--input", "code=train", env=ENGINE_DOWN)
+    assert result.returncode == 0, result.stderr
+    assert "/mnt/azureml/inputs/code:ro" in result.stdout
+
+
+def test_malformed_conda_spec_is_one_line(tmp_path):
+    bad = tmp_path / "bad.yml"
+    bad.write_text("dependencies:\n  - pip:\n    - torch\n  - [unclosed\n")
+    result = invoke("build", "--dry-run", env={"INVOKE_IMAGES_CPU_CONDA": str(bad)})
+    assert result.returncode == 1
+    assert result.stderr.strip().count("\n") == 0
+    assert result.stderr.startswith(f"error: conda spec {bad} is not valid YAML at line")
+
+
+def test_image_ref_matches_what_build_would_tag():
+    ref = invoke("image-ref", "--target", "gpu").stdout.strip()
+    assert invoke("build", "--target", "gpu", "--dry-run", env=ENGINE_DOWN).stdout.startswith(f"image: {ref}\n")
