@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import uuid
+from dataclasses import replace
 
 import pytest
 
@@ -71,15 +73,19 @@ def tiny_spec(context, base_image: str) -> ImageSpec:
                      base_image=base_image)
 
 
-def test_pip_settings_reach_the_build_as_secrets_and_nowhere_else(tiny_context, docker_client):
+def test_pip_settings_reach_the_build_as_secrets_and_nowhere_else(tiny_context, docker_client, capfd):
     cfg = load_config()
     base = config.image_spec(cfg, "cpu", ROOT).base_image
     settings = config.build_settings(cfg)
-    canary = "canary-7f3a.invalid"
-    settings = type(settings)(**{**settings.__dict__, "pip_trusted_hosts": (canary,)})
-    request = images.build_request(tiny_spec(tiny_context, base), settings)
+    canary = f"/canary-{uuid.uuid4().hex}"  # a find-links folder that does not exist: pip warns, naming it
+    settings = replace(settings, pip_find_links=(canary,))
+    spec = tiny_spec(tiny_context, base)
+    # a fresh spec each run, so BuildKit cannot answer from its cache and pip really runs
+    spec.conda_spec.write_text(spec.conda_spec.read_text() + f"# {canary}\n")
+    request = images.build_request(spec, settings)
     try:
         assert images.build(request) is True
+        assert canary in capfd.readouterr().out  # pip read the secret pip.conf
         assert canary not in history(request.image)
         found = docker_run(request.image, "sh", "-c",
                            f"grep -rIl {canary} / --exclude-dir=proc --exclude-dir=sys 2>/dev/null | wc -l")
