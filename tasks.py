@@ -75,6 +75,7 @@ def build(c, target="cpu", no_cache=False, dry_run=False):
     request = images.build_request(spec, config.build_settings(c.config))
     if dry_run:
         print(request.render())
+        print(f"state: {images.build_state(request)}")
         return
     started = time.monotonic()
     if images.build(request, no_cache=no_cache):
@@ -92,8 +93,9 @@ def image_ref(c, target=None, dry_run=False):
     print(images.image_ref(config.image_spec(c.config, target, ROOT)))
 
 
-def _run_local(c, *, target, script, args, inputs, env, user, dry_run):
-    job = config.job_spec(c.config, ROOT, target=target, script=script, arguments=args, inputs=inputs, env=env)
+def _run_local(c, *, target, script, args, inputs, env, user, dry_run, inputs_made_later=False):
+    job = config.job_spec(c.config, ROOT, target=target, script=script, arguments=args, inputs=inputs, env=env,
+                          require_inputs=not inputs_made_later)
     image = images.image_ref(config.image_spec(c.config, job.target, ROOT))
     request = localrun.local_request(job, image, config.local_settings(c.config, ROOT, user))
     if dry_run:
@@ -149,8 +151,5 @@ def smoke(c, dry_run=False):
     data_dir = str(ROOT / str(smoke_cfg.get("data_dir")))
     build(c, target="cpu", dry_run=dry_run)
     fowl_data(c, out=data_dir, dry_run=dry_run)
-    if dry_run and not Path(data_dir).is_dir():
-        print(f"(the run request needs {data_dir}; it is printed once the dataset exists)")
-        return
     _run_local(c, target="cpu", script=None, args=str(smoke_cfg.get("arguments")), inputs=[f"data={data_dir}"],
-               env=[], user=None, dry_run=dry_run)
+               env=[], user=None, dry_run=dry_run, inputs_made_later=dry_run)

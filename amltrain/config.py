@@ -18,6 +18,21 @@ from .errors import ToolkitError
 from .spec import BuildSettings, ImageSpec, JobSpec, LocalSettings, frozen_map
 
 
+def load(root: Path, overrides: Mapping[str, Any] | None = None):
+    """The configuration exactly as the ``invoke`` CLI builds it, for code that runs outside a task
+    (tests, benchmarks): invoke.yaml < INVOKE_RUNTIME_CONFIG file < INVOKE_* variables < overrides."""
+    from invoke import Config
+
+    runtime = os.environ.get("INVOKE_RUNTIME_CONFIG")
+    cfg = Config(project_location=str(root), runtime_path=str(root / runtime) if runtime else None)
+    cfg.load_project()
+    cfg.load_runtime()
+    cfg.load_shell_env()
+    if overrides:
+        cfg.load_overrides(dict(overrides))
+    return cfg
+
+
 def section(cfg: Mapping[str, Any], name: str) -> Mapping[str, Any]:
     value = cfg.get(name) or {}
     if not isinstance(value, Mapping):
@@ -106,8 +121,12 @@ def job_spec(
     arguments: str | None = None,
     inputs: Iterable[str] = (),
     env: Iterable[str] = (),
+    require_inputs: bool = True,
 ) -> JobSpec:
-    """The job from ``job:`` in the configuration; task options win over it."""
+    """The job from ``job:`` in the configuration; task options win over it.
+
+    ``require_inputs=False`` accepts data inputs that do not exist yet (a dry run before they are made).
+    """
     job = section(cfg, "job")
     source_dir = (root / str(job.get("source_dir") or ".")).resolve()
     if not source_dir.is_dir():
@@ -122,7 +141,7 @@ def job_spec(
     resolved = {}
     for name, path in merged_inputs.items():
         local = (root / os.path.expanduser(str(path))).resolve()
-        if not local.is_dir():
+        if require_inputs and not local.is_dir():
             raise ToolkitError(f"data input {name!r}: {local} is not a directory", "check --input NAME=DIR")
         resolved[name] = local
     return JobSpec(

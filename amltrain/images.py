@@ -117,6 +117,15 @@ def build_request(spec: ImageSpec, settings: BuildSettings) -> BuildRequest:
     return BuildRequest(image=image, content_hash=digest, argv=tuple(argv), secrets=secrets, spec=spec)
 
 
+def build_state(request: BuildRequest) -> str:
+    """For --dry-run: whether a build would do any work (asks the engine, changes nothing)."""
+    try:
+        exists = engine.image_exists(engine.connect(), request.image)
+    except ToolkitError:
+        return "unknown (Docker engine not reachable)"
+    return "built: nothing to do" if exists else "not built: a build would run"
+
+
 def build(request: BuildRequest, *, no_cache: bool = False) -> bool:
     """Build the image unless its tag exists. Returns True when it built, False when up to date."""
     client = engine.connect()

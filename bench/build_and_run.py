@@ -22,7 +22,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from amltrain import config, engine, images  # noqa: E402
-from tests.conftest import load_config  # noqa: E402
 
 
 def timed(argv: list[str], env: dict | None = None) -> float:
@@ -47,7 +46,7 @@ def main() -> None:
     parser.add_argument("--target", default="cpu")
     parser.add_argument("--cold", action="store_true", help="prune BuildKit's cache before building")
     args = parser.parse_args()
-    cfg = load_config()
+    cfg = config.load(ROOT)
     client = engine.connect()
     ref = images.image_ref(config.image_spec(cfg, args.target, ROOT))
     if engine.image_exists(client, ref):
