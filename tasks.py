@@ -15,7 +15,7 @@ from pathlib import Path
 
 from invoke import Exit, task
 
-from amltrain import config, images, localrun, standin
+from amltrain import config, engine, images, localrun, standin
 from amltrain.errors import ToolkitError
 
 ROOT = Path(__file__).resolve().parent
@@ -53,12 +53,9 @@ def standin_base(c, force=False, dry_run=False):
     if dry_run:
         print(plan.render())
         return
-    if not force:
-        from amltrain import engine
-
-        if engine.image_exists(engine.connect(), plan.image):
-            print(f"stand-in base {plan.image} exists (--force to remake it)")
-            return
+    if engine.image_exists(engine.connect(), plan.image) and not force:
+        print(f"stand-in base {plan.image} exists (--force to remake it)")
+        return
     started = time.monotonic()
     standin.create(plan)
     print(f"stand-in base {plan.image} made in {time.monotonic() - started:.0f} s; select it with "
