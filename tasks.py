@@ -94,7 +94,8 @@ def _run_local(c, *, target, script, args, inputs, env, user, dry_run, inputs_ma
     job = config.job_spec(c.config, ROOT, target=target, script=script, arguments=args, inputs=inputs, env=env,
                           require_inputs=not inputs_made_later)
     image = images.image_ref(config.image_spec(c.config, job.target, ROOT))
-    request = localrun.local_request(job, image, config.local_settings(c.config, ROOT, user))
+    gpus = config.gpus_for(c.config, job.target, engine.host_gpu_count())
+    request = localrun.local_request(job, image, config.local_settings(c.config, ROOT, user, gpus))
     if dry_run:
         _print_yaml(localrun.describe(request))
         return

@@ -26,6 +26,29 @@ class CondaSpec:
     path: str
     conda_packages: tuple[str, ...]  # beyond python/pip: these need conda in the base image
     pip_requirements: tuple[str, ...]
+    channels: tuple[str, ...] = ()
+    python: str = ""  # the version constraint of the python entry, e.g. ">=3.10"; checked against the base
+
+
+def python_satisfies(constraint: str, version: tuple[int, ...]) -> bool:
+    """Whether an interpreter version meets a conda version constraint such as ``>=3.10,<3.13`` or ``=3.11``.
+
+    The base image's interpreter is used as it is (the spec cannot change it without a conda solve), so
+    the build checks it instead of silently ignoring the pin. Conda's ``=3.10`` means ``3.10.*``.
+    """
+    for clause in constraint.replace(" ", "").split(","):
+        if not clause:
+            continue
+        match = re.fullmatch(r"(>=|<=|==|!=|>|<|=)?(\d+(?:\.\d+)*)(\.\*)?", clause)
+        if not match:
+            raise CondaSpecError(f"python version constraint {clause!r} is not understood")
+        op, want = match.group(1) or "=", tuple(int(x) for x in match.group(2).split("."))
+        have = tuple(version[: len(want)])
+        ok = {"=": have == want, "==": have == want, "!=": have != want, ">=": have >= want,
+              "<=": have <= want, ">": have > want, "<": have < want}[op]
+        if not ok:
+            return False
+    return True
 
 
 def _package_name(entry: str) -> str:
@@ -44,10 +67,13 @@ def parse(text: str, path: str = "<spec>") -> CondaSpec:
         raise CondaSpecError(f"conda spec {path} is not valid YAML{where}: {problem}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("dependencies"), list):
         raise CondaSpecError(f"conda spec {path} has no 'dependencies:' list")
-    conda, pip = [], []
+    conda, pip, python = [], [], ""
     for entry in doc["dependencies"]:
         if isinstance(entry, str):
-            if _package_name(entry) not in INTERPRETER_PACKAGES:
+            name = _package_name(entry)
+            if name == "python":
+                python = entry.strip().split("::")[-1][len("python"):].strip()
+            elif name not in INTERPRETER_PACKAGES:
                 conda.append(entry.strip())
         elif isinstance(entry, dict) and set(entry) == {"pip"} and isinstance(entry["pip"], list):
             for req in entry["pip"]:
@@ -56,7 +82,13 @@ def parse(text: str, path: str = "<spec>") -> CondaSpec:
                 pip.append(req.strip())
         else:
             raise CondaSpecError(f"conda spec {path}: dependency {entry!r} is neither a package nor a 'pip:' list")
-    return CondaSpec(path=path, conda_packages=tuple(conda), pip_requirements=tuple(pip))
+    channels = doc.get("channels") or []
+    if not isinstance(channels, list) or not all(isinstance(c, str) for c in channels):
+        raise CondaSpecError(f"conda spec {path}: 'channels:' must be a list of names")
+    if python:
+        python_satisfies(python, (3, 10))  # refuse a constraint we cannot read now, not inside the build
+    return CondaSpec(path=path, conda_packages=tuple(conda), pip_requirements=tuple(pip), channels=tuple(channels),
+                     python=python)
 
 
 def load(path: str | Path) -> CondaSpec:
@@ -66,17 +98,28 @@ def load(path: str | Path) -> CondaSpec:
     return parse(p.read_text(encoding="utf-8"), str(path))
 
 
+MODES = ("pip", "conda", "channels", "check-python")
+
+
 def main(argv: list[str]) -> int:
-    """``condaspec.py SPEC pip|conda``: print the pip requirements or the conda packages, one per line."""
-    if len(argv) != 2 or argv[1] not in ("pip", "conda"):
-        print("usage: condaspec.py SPEC pip|conda", file=sys.stderr)
+    """``condaspec.py SPEC MODE``: print the pip requirements, conda packages or channels one per line, or
+    (check-python) fail with one line when this interpreter does not meet the spec's python entry."""
+    if len(argv) != 2 or argv[1] not in MODES:
+        print(f"usage: condaspec.py SPEC {'|'.join(MODES)}", file=sys.stderr)
         return 2
     try:
         spec = load(argv[0])
     except CondaSpecError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    lines = spec.pip_requirements if argv[1] == "pip" else spec.conda_packages
+    if argv[1] == "check-python":
+        have = ".".join(map(str, sys.version_info[:3]))
+        if spec.python and not python_satisfies(spec.python, tuple(sys.version_info[:3])):
+            print(f"error: {spec.path} asks for python{spec.python}, the base image has {have}; "
+                  "change the spec or the base image", file=sys.stderr)
+            return 1
+        return 0
+    lines = {"pip": spec.pip_requirements, "conda": spec.conda_packages, "channels": spec.channels}[argv[1]]
     for line in lines:
         print(line)
     return 0

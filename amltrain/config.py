@@ -8,6 +8,7 @@ cannot set a list from an environment variable.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -51,13 +52,20 @@ def words(value: Any) -> tuple[str, ...]:
     raise ToolkitError(f"expected a list or a string, got {value!r}")
 
 
+NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
 def key_values(items: Iterable[str], what: str) -> dict[str, str]:
-    """``NAME=VALUE`` options (``--env``, ``--input``) into a dict, refusing anything else."""
+    """``NAME=VALUE`` options (``--env``, ``--input``) into a dict, refusing anything else.
+
+    Names are identifiers: they become environment variable names and ``${{inputs.NAME}}`` references.
+    """
     result = {}
     for item in items:
         name, sep, value = item.partition("=")
-        if not sep or not name.strip():
-            raise ToolkitError(f"{what} {item!r} is not NAME=VALUE", f"e.g. --{what} data=./fowl")
+        if not sep or not NAME.fullmatch(name.strip()):
+            raise ToolkitError(f"{what} {item!r} is not NAME=VALUE with NAME a letter/digit/_ identifier",
+                               f"e.g. --{what} data=./fowl")
         result[name.strip()] = value
     return result
 
@@ -77,7 +85,10 @@ def image_spec(cfg: Mapping[str, Any], target: str, root: Path) -> ImageSpec:
     if not dockerfile.is_file():
         raise ToolkitError(f"Dockerfile {dockerfile} for target {target!r} does not exist",
                            f"set images.{target}.dockerfile")
-    conda_spec = root / image.get("conda", f"conda/{target}.yml")
+    conda_spec = (root / image.get("conda", f"conda/{target}.yml")).resolve()
+    if not conda_spec.is_relative_to((root / "conda").resolve()):
+        raise ToolkitError(f"conda spec {conda_spec} is outside {root / 'conda'}",
+                           "the build mounts only conda/: put the spec there")
     try:
         condaspec.load(conda_spec)
     except condaspec.CondaSpecError as exc:
@@ -85,6 +96,10 @@ def image_spec(cfg: Mapping[str, Any], target: str, root: Path) -> ImageSpec:
     base = str(image.get("base_image") or "")
     if not base:
         raise ToolkitError(f"images.{target}.base_image is not set", "set it in invoke.yaml or INVOKE_IMAGES_*")
+    torch_index_url = str(image.get("torch_index_url") or "")
+    if re.search(r"://[^/@\s]+@", torch_index_url):
+        raise ToolkitError(f"images.{target}.torch_index_url carries credentials; as a build argument it "
+                           "would land in docker history", "put a private index in build.pip_extra_index_urls")
     return ImageSpec(
         target=target,
         repository=str(images.get("repository") or "amltrain"),
@@ -92,7 +107,7 @@ def image_spec(cfg: Mapping[str, Any], target: str, root: Path) -> ImageSpec:
         dockerfile=dockerfile,
         conda_spec=conda_spec,
         base_image=base,
-        torch_index_url=str(image.get("torch_index_url") or ""),
+        torch_index_url=torch_index_url,
         system_packages=words(image.get("system_packages")),
     )
 
@@ -102,7 +117,11 @@ def build_settings(cfg: Mapping[str, Any]) -> BuildSettings:
     ca_bundle = str(build.get("ca_bundle") or "")
     if ca_bundle and not Path(ca_bundle).is_file():
         raise ToolkitError(f"build.ca_bundle {ca_bundle} does not exist", "point it at a PEM bundle or unset it")
+    wheelhouse = str(build.get("wheelhouse") or "")
+    if wheelhouse and not Path(os.path.expanduser(wheelhouse)).is_dir():
+        raise ToolkitError(f"build.wheelhouse {wheelhouse} is not a directory", "point it at a folder of wheels")
     return BuildSettings(
+        wheelhouse=str(Path(os.path.expanduser(wheelhouse)).resolve()) if wheelhouse else "",
         docker_cli=str(section(cfg, "docker").get("cli") or "docker"),
         ca_bundle=ca_bundle,
         pip_index_url=str(build.get("pip_index_url") or ""),
@@ -137,7 +156,8 @@ def job_spec(
     if not (source_dir / script).is_file():
         raise ToolkitError(f"script {script} not found in source directory {source_dir}",
                            "the script path is relative to job.source_dir")
-    merged_inputs = {**dict(section(job, "inputs")), **key_values(inputs, "input")}
+    configured = key_values((f"{k}={v}" for k, v in section(job, "inputs").items()), "input")
+    merged_inputs = {**configured, **key_values(inputs, "input")}
     resolved = {}
     for name, path in merged_inputs.items():
         local = (root / os.path.expanduser(str(path))).resolve()
@@ -151,20 +171,38 @@ def job_spec(
         script=script,
         arguments=words(arguments) if arguments is not None else words(job.get("arguments")),
         inputs=frozen_map(resolved),
-        environment=frozen_map({**{k: str(v) for k, v in section(job, "environment").items()},
+        environment=frozen_map({**key_values((f"{k}={v}" for k, v in section(job, "environment").items()), "env"),
                                 **key_values(env, "env")}),
     )
 
 
-def local_settings(cfg: Mapping[str, Any], root: Path, user: str | None = None) -> LocalSettings:
+def gpus_for(cfg: Mapping[str, Any], target: str, host_gpus: int) -> str:
+    """``local.gpus``: auto (all GPUs for a GPU target when the host has any), none, all, or ids like 0,1."""
+    value = str(section(cfg, "local").get("gpus") or "auto").strip().lower()
+    if value == "auto":
+        is_gpu_target = bool(section(section(cfg, "images"), target).get("gpu")) if target in targets(cfg) else False
+        return "all" if is_gpu_target and host_gpus > 0 else ""
+    if value == "none":
+        return ""
+    if value == "all" or re.fullmatch(r"\d+(,\d+)*", value):
+        return value
+    raise ToolkitError(f"local.gpus {value!r} is not auto, none, all or device ids", "e.g. 0,1")
+
+
+def local_settings(cfg: Mapping[str, Any], root: Path, user: str | None = None, gpus: str = "") -> LocalSettings:
     local = section(cfg, "local")
     user = user or str(local.get("user") or "") or f"{os.getuid()}:{os.getgid()}"
     uid, _, gid = user.partition(":")
     if not uid.isdigit() or (gid and not gid.isdigit()):
         raise ToolkitError(f"user {user!r} is not UID[:GID]", "e.g. --user 1000:1000")
+    shm_size = str(local.get("shm_size") or "2g")
+    if not re.fullmatch(r"\d+[bkmgBKMG]?", shm_size):
+        raise ToolkitError(f"local.shm_size {shm_size!r} is not a size", "e.g. 2g, 512m")
     return LocalSettings(
         runs_dir=(root / str(local.get("runs_dir") or "runs")).resolve(),
-        shm_size=str(local.get("shm_size") or "2g"),
+        shm_size=shm_size,
         user=user,
         master_port=int(local.get("master_port") or 6105),
+        gpus=gpus,
+        cache_dir=(root / str(local.get("cache_dir"))).resolve() if local.get("cache_dir") else None,
     )

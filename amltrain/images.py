@@ -9,9 +9,11 @@ as BuildKit secrets, so they never reach a layer, a build arg or ``docker histor
 from __future__ import annotations
 
 import collections
+import contextlib
 import hashlib
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -26,6 +28,10 @@ STAGE = "deps"
 # Files the Dockerfiles bind-mount into the dependency step: they determine the image as much as the spec.
 HELPERS = ("conda/install-deps.sh", "amltrain/condaspec.py")
 CONTENT_LABEL = "amltrain.content-hash"
+# The Dockerfiles bind-mount this context folder into the install step; build.wheelhouse is linked into it.
+WHEELHOUSE = ".wheelhouse"
+WHEELHOUSE_IN_BUILD = "/tmp/amltrain/wheelhouse"
+WHEEL_SUFFIXES = (".whl", ".tar.gz", ".zip")
 
 
 def build_args(spec: ImageSpec) -> dict[str, str]:
@@ -62,10 +68,11 @@ def image_ref(spec: ImageSpec) -> str:
 def pip_conf(settings: BuildSettings) -> str:
     """pip's configuration for the build (a secret: mirror URLs may carry credentials)."""
     lines = []
+    find_links = settings.pip_find_links + ((WHEELHOUSE_IN_BUILD,) if settings.wheelhouse else ())
     if settings.pip_index_url:
         lines.append(f"index-url = {settings.pip_index_url}")
     for key, values in (("extra-index-url", settings.pip_extra_index_urls),
-                        ("find-links", settings.pip_find_links),
+                        ("find-links", find_links),
                         ("trusted-host", settings.pip_trusted_hosts)):
         if values:
             lines.append(f"{key} = " + "\n    ".join(values))
@@ -83,6 +90,7 @@ class BuildRequest:
     argv: tuple[str, ...]  # SECRETS_DIR stands for a private temporary folder made at build time
     secrets: dict  # secret id -> host file, or the text written to SECRETS_DIR/<id>
     spec: ImageSpec
+    wheelhouse: str = ""  # host folder linked into <context>/.wheelhouse for the build
 
     def render(self) -> str:
         lines = [f"image: {self.image}", f"content hash: {self.content_hash}",
@@ -93,6 +101,9 @@ class BuildRequest:
             else:
                 lines.append(f"secret {sid}: generated, masked:")
                 lines.extend("    " + line for line in mask_url_credentials(value).splitlines())
+        if self.wheelhouse:
+            lines.append(f"wheelhouse: {self.wheelhouse} -> {WHEELHOUSE}/ in the context, "
+                         f"mounted at {WHEELHOUSE_IN_BUILD}")
         return "\n".join(lines)
 
 
@@ -114,7 +125,8 @@ def build_request(spec: ImageSpec, settings: BuildSettings) -> BuildRequest:
         src = value if isinstance(value, Path) else f"SECRETS_DIR/{sid}"
         argv += ["--secret", f"id={sid},src={src}"]
     argv.append(str(spec.context))
-    return BuildRequest(image=image, content_hash=digest, argv=tuple(argv), secrets=secrets, spec=spec)
+    return BuildRequest(image=image, content_hash=digest, argv=tuple(argv), secrets=secrets, spec=spec,
+                        wheelhouse=settings.wheelhouse)
 
 
 def build_state(request: BuildRequest) -> str:
@@ -140,8 +152,35 @@ def build(request: BuildRequest, *, no_cache: bool = False) -> bool:
         argv = [a.replace("SECRETS_DIR", secrets_dir) for a in request.argv]
         if no_cache:
             argv.insert(2, "--no-cache")
-        _run_build(argv, request)
+        with _linked_wheelhouse(request):
+            _run_build(argv, request)
     return True
+
+
+@contextlib.contextmanager
+def _linked_wheelhouse(request: BuildRequest):
+    """Make build.wheelhouse visible in the context's .wheelhouse for the build, and only for it.
+
+    BuildKit cannot mount a host folder outside the context; hard links cost nothing (copies across
+    file systems). They are removed afterwards, whatever happens.
+    """
+    folder = request.spec.context / WHEELHOUSE
+    folder.mkdir(exist_ok=True)
+    linked = []
+    try:
+        if request.wheelhouse:
+            for source in sorted(Path(request.wheelhouse).iterdir()):
+                if source.is_file() and source.name.endswith(WHEEL_SUFFIXES):
+                    target = folder / source.name
+                    try:
+                        os.link(source, target)
+                    except OSError:
+                        shutil.copy2(source, target)
+                    linked.append(target)
+        yield
+    finally:
+        for target in linked:
+            target.unlink(missing_ok=True)
 
 
 def _run_build(argv: list[str], request: BuildRequest) -> None:
@@ -181,6 +220,8 @@ def diagnose_build_failure(tail: list[str], request: BuildRequest, code: int) ->
             f"base image {base} cannot be pulled",
             f"point the build at another base: INVOKE_IMAGES_{target.upper()}_BASE_IMAGE=IMAGE or "
             f"images.{target}.base_image in invoke.yaml (offline: `invoke standin-base`, see README)")
+    # Our install script's own "error: ..." line says most; then BuildKit's error lines; then the last line.
+    ours = [m.group(1) for line in tail if (m := re.match(r"#\d+ [\d.]+ (error: .*)", line))]
     errors = [line for line in tail if line.startswith("error:") or "ERROR" in line or "failed to solve" in line]
-    detail = (errors or tail or ["no output"])[-1]
+    detail = (ours or errors or tail or ["no output"])[-1]
     return ToolkitError(f"docker build of {request.image} failed (exit {code}): {detail[:300]}", exit_code=code or 1)

@@ -16,6 +16,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import signal
 import sys
 import time
@@ -29,11 +30,14 @@ from .spec import ContainerRequest, JobSpec, LocalRequest, LocalSettings, Mount,
 WORKDIR = "/mnt/azureml/wd"
 INPUTS_ROOT = "/mnt/azureml/inputs"
 MLRUNS = "/mnt/azureml/mlruns"
+CACHE = "/mnt/azureml/cache"
 LABEL_RUN_ID = "amltrain.run-id"
 LABEL_NODE_RANK = "amltrain.node-rank"
 LABEL_EXPERIMENT = "amltrain.experiment"
 INPUT_REF = re.compile(r"\$\{\{\s*inputs\.([A-Za-z0-9_]+)\s*\}\}")
-SECRET_NAME = re.compile(r"(?i)(secret|token|password|passwd|credential|api_?key|access_?key|account_?key|sas)")
+SECRET_NAME = re.compile(r"(?i)(secret|token|password|passwd|credential|api_?key|access_?key|account_?key|sas"
+                         r"|auth|connection_?string|private)")
+SECRET_VALUE = re.compile(r"(?i)(accountkey|sharedaccesskey|sharedaccesssignature|sig)=")
 
 
 def new_run_id(experiment: str) -> str:
@@ -77,6 +81,8 @@ def contract_env(job: JobSpec, run_id: str, hostname: str, settings: LocalSettin
     })
     for name in job.inputs:
         env[f"AZUREML_DATAREFERENCE_{name}"] = input_path(name)
+    if settings.cache_dir:  # local only: downloads survive from one run to the next
+        env.update({"AMLTRAIN_CACHE_DIR": CACHE, "TORCH_HOME": f"{CACHE}/torch"})
     if not settings.user.startswith("0:") and settings.user != "0":
         env.setdefault("HOME", "/tmp")  # a caller's uid has no home in the image
     return env
@@ -95,6 +101,7 @@ def local_request(job: JobSpec, image: str, settings: LocalSettings, run_id: str
         Mount(str(run_dir / "outputs"), f"{WORKDIR}/outputs"),
         Mount(str(run_dir / "logs"), f"{WORKDIR}/logs"),
         Mount(str(run_dir / "mlruns"), MLRUNS),
+        *([Mount(str(settings.cache_dir), CACHE)] if settings.cache_dir else []),
         *(Mount(str(path), input_path(name), read_only=True) for name, path in sorted(job.inputs.items())),
     ]
     container = ContainerRequest(
@@ -108,13 +115,14 @@ def local_request(job: JobSpec, image: str, settings: LocalSettings, run_id: str
         environment=frozen_map(contract_env(job, run_id, hostname, settings)),
         mounts=tuple(mounts),
         labels=frozen_map({LABEL_RUN_ID: run_id, LABEL_NODE_RANK: "0", LABEL_EXPERIMENT: job.experiment}),
+        gpus=settings.gpus,
     )
     return LocalRequest(run_id=run_id, run_dir=run_dir, snapshot_dir=job.source_dir, snapshot_files=names,
-                        containers=(container,))
+                        containers=(container,), cache_dir=settings.cache_dir)
 
 
 def mask(name: str, value: str) -> str:
-    if SECRET_NAME.search(name):
+    if SECRET_NAME.search(name) or SECRET_VALUE.search(value):
         return "****"
     return re.sub(r"(://)[^/@\s]+@", r"\1****@", value)
 
@@ -128,7 +136,7 @@ def describe(request: LocalRequest) -> dict:
                      "copied_to": WORKDIR},
         "containers": [{
             "name": c.name, "image": c.image, "command": list(c.command), "working_dir": c.working_dir,
-            "hostname": c.hostname, "user": c.user, "shm_size": c.shm_size,
+            "hostname": c.hostname, "user": c.user, "shm_size": c.shm_size, "gpus": c.gpus or "none",
             "environment": {k: mask(k, v) for k, v in sorted(c.environment.items())},
             "mounts": [f"{m.source}:{m.target}:{'ro' if m.read_only else 'rw'}" for m in c.mounts],
             "labels": dict(c.labels),
@@ -138,16 +146,17 @@ def describe(request: LocalRequest) -> dict:
 
 def run(request: LocalRequest, out=None) -> None:
     """Start the containers, stream logs live (and into logs/user_logs/std_log.txt), clean up always."""
-    out = out or sys.stdout
+    import docker
+
     client = engine.connect()
     for c in request.containers:
         if not engine.image_exists(client, c.image):
             raise ToolkitError(f"image {c.image} is not built", "run `invoke build` for this target first")
     uid, _, gid = request.containers[0].user.partition(":")
-    archive = snapshot.tar_archive(request.snapshot_dir, request.snapshot_files, WORKDIR, int(uid), int(gid or uid))
-    _make_run_dir(request.run_dir, int(uid), int(gid or uid))
-    (request.run_dir / "request.json").write_text(json.dumps(describe(request), indent=2) + "\n")
-    containers = []
+    uid, gid = int(uid), int(gid or uid)
+    archive = snapshot.tar_archive(request.snapshot_dir, request.snapshot_files, WORKDIR, uid, gid)
+    _make_run_dir(request, uid, gid)
+    containers, started = [], False
     with _interrupts_as_keyboard_interrupt():
         try:
             for c in request.containers:
@@ -155,38 +164,64 @@ def run(request: LocalRequest, out=None) -> None:
                 containers[-1].put_archive("/", archive)
             for container in containers:
                 container.start()
-            code = _stream_and_wait(containers[0], request.run_dir / "logs/user_logs/std_log.txt", out)
+            started = True
+            code = _stream_and_wait(containers[0], request.run_dir / "logs/user_logs/std_log.txt", out or sys.stdout)
         except KeyboardInterrupt:
-            raise ToolkitError(f"run {request.run_id} interrupted; containers removed, partial results in "
-                               f"{request.run_dir}", exit_code=130) from None
+            kept = f", partial results in {request.run_dir}" if started else ""
+            raise ToolkitError(f"run {request.run_id} interrupted; containers removed{kept}", exit_code=130) from None
+        except docker.errors.APIError as exc:
+            raise _refused(exc, request) from None
         finally:
             for container in containers:
                 _remove(container)
+            if not started:  # nothing ran: leave nothing behind
+                shutil.rmtree(request.run_dir, ignore_errors=True)
     if code != 0:
         hint = "killed: out of memory?" if code == 137 else f"see {request.run_dir}/logs/user_logs/std_log.txt"
         raise ToolkitError(f"run {request.run_id} failed: the training script exited with code {code}", hint,
                            exit_code=code)
 
 
-def _make_run_dir(run_dir: Path, uid: int, gid: int) -> None:
-    """The folders the containers write into, owned by the user they run as (root may hand them over)."""
+def _make_run_dir(request: LocalRequest, uid: int, gid: int) -> None:
+    """The folders the containers write into, owned by the user they run as (root may hand them over),
+    and request.json, the request as run (secrets masked)."""
+    run_dir, cache_dir = request.run_dir, request.cache_dir
     other_user = (uid, gid) != (os.getuid(), os.getgid())
     if other_user and os.geteuid() != 0:
         raise ToolkitError(f"cannot run as {uid}:{gid}: its outputs could not be written to {run_dir}",
                            "only root can run containers as another user; drop --user")
     folders = [run_dir / sub for sub in ("outputs", "logs", "logs/user_logs", "mlruns")]
+    folders += [cache_dir] if cache_dir and not cache_dir.exists() else []
     for folder in folders:
         folder.mkdir(parents=True, exist_ok=True)
         if other_user:
             os.chown(folder, uid, gid)
+    (run_dir / "request.json").write_text(json.dumps(describe(request), indent=2) + "\n")
+
+
+def _refused(exc, request: LocalRequest) -> ToolkitError:
+    """Docker refused to create or start a container: one line, with the usual cause named."""
+    reason = str(getattr(exc, "explanation", None) or exc).splitlines()[0][:300]
+    hint = None
+    if "capabilities: [[gpu]]" in reason or "nvidia" in reason.lower():
+        hint = "GPUs need the NVIDIA Container Toolkit on the host; or set local.gpus to none"
+    elif "Conflict" in reason or "already in use" in reason:
+        hint = "a container of that name exists: remove it with docker rm -f"
+    return ToolkitError(f"Docker refused run {request.run_id}: {reason}", hint)
 
 
 def _create(client, c: ContainerRequest):
+    from docker.types import DeviceRequest
     from docker.types import Mount as DockerMount
 
+    devices = []
+    if c.gpus == "all":
+        devices = [DeviceRequest(count=-1, capabilities=[["gpu"]])]
+    elif c.gpus:
+        devices = [DeviceRequest(device_ids=c.gpus.split(","), capabilities=[["gpu"]])]
     return client.containers.create(
         c.image, list(c.command), name=c.name, hostname=c.hostname, user=c.user, working_dir=c.working_dir,
-        environment=dict(c.environment), labels=dict(c.labels), shm_size=c.shm_size,
+        environment=dict(c.environment), labels=dict(c.labels), shm_size=c.shm_size, device_requests=devices,
         mounts=[DockerMount(m.target, m.source, type="bind", read_only=m.read_only) for m in c.mounts],
     )
 

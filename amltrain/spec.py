@@ -43,6 +43,7 @@ class BuildSettings:
     pip_extra_index_urls: tuple[str, ...] = ()
     pip_find_links: tuple[str, ...] = ()
     pip_trusted_hosts: tuple[str, ...] = ()
+    wheelhouse: str = ""  # a host folder of wheels, mounted into the install step as a find-links folder
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,8 @@ class LocalSettings:
     shm_size: str = "2g"
     user: str = ""  # "uid:gid" the container runs as; outputs on the host belong to it
     master_port: int = 6105  # what Azure ML's PyTorchConfiguration gives
+    gpus: str = ""  # "" none, "all", or device ids "0,1"
+    cache_dir: Path | None = None  # kept across runs: downloaded data and weights
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,7 @@ class ContainerRequest:
     environment: Mapping[str, str]
     mounts: tuple[Mount, ...]
     labels: Mapping[str, str]
+    gpus: str = ""  # "" none, "all", or device ids "0,1"
 
 
 @dataclass(frozen=True)
@@ -102,3 +106,4 @@ class LocalRequest:
     snapshot_dir: Path
     snapshot_files: tuple[str, ...]
     containers: tuple[ContainerRequest, ...]
+    cache_dir: Path | None = None

@@ -22,7 +22,9 @@ if ! python -c 'import yaml' 2>/dev/null; then
     python -m pip install --quiet --target /tmp/amltrain-yaml pyyaml
     export PYTHONPATH=/tmp/amltrain-yaml
 fi
+python "$tools/condaspec.py" "$spec" check-python
 python "$tools/condaspec.py" "$spec" conda > /tmp/conda-packages.txt
+python "$tools/condaspec.py" "$spec" channels > /tmp/conda-channels.txt
 python "$tools/condaspec.py" "$spec" pip > /tmp/requirements.txt
 unset PYTHONPATH
 
@@ -32,9 +34,9 @@ if [ -s /tmp/conda-packages.txt ]; then
         exit 1
     fi
     # shellcheck disable=SC2046
-    conda install --yes --name base $(cat /tmp/conda-packages.txt)
+    conda install --yes --name base $(sed 's/^/--channel /' /tmp/conda-channels.txt) $(cat /tmp/conda-packages.txt)
     conda clean --all --yes
 fi
 python -m pip install ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} -r /tmp/requirements.txt
 python -m pip check || echo "warning: pip check found conflicts (above) in the base image's environment" >&2
-rm -rf /tmp/amltrain-yaml /tmp/conda-packages.txt /tmp/requirements.txt
+rm -rf /tmp/amltrain-yaml /tmp/conda-packages.txt /tmp/conda-channels.txt /tmp/requirements.txt

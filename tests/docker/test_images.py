@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import shutil
 import uuid
+import zipfile
 from dataclasses import replace
+from pathlib import Path
 
+import certifi
 import pytest
 
 from amltrain import config, engine, images
@@ -26,10 +29,11 @@ def history(image: str) -> str:
 
 def test_gpu_image_builds_and_imports_torch_on_a_cpu_only_machine(gpu_image):
     out = docker_run(gpu_image, "python", "-c",
-                     "import torch, torchvision, mlflow; print(torch.__version__, torch.cuda.is_available(), "
-                     "torch.ones(2).sum().item())")
-    version, cuda, total = out.split()
-    assert version.startswith("2.14.1") and cuda == "False" and total == "2.0"
+                     "import torch, torchvision, mlflow; print(torch.__version__, torch.version.cuda, "
+                     "torch.cuda.is_available(), torch.ones(2).sum().item())")
+    version, cuda_build, cuda_available, total = out.split()
+    assert version.startswith("2.14.1") and total == "2.0"
+    assert cuda_build != "None" and cuda_available == "False"  # a CUDA build of torch, running on CPU
 
 
 def test_cpu_image_has_the_training_stack_and_openmpi(cpu_image):
@@ -49,11 +53,13 @@ def test_nothing_changed_build_does_no_build_work(cpu_image, docker_client):
 
 
 def test_images_keep_no_secret_in_layers_or_history(cpu_image, gpu_image):
+    settings = config.build_settings(load_config())
     for image in (cpu_image, gpu_image):
         layers = history(image)
-        assert "BEGIN CERTIFICATE" not in layers and "ca-certificates.crt" not in layers
+        assert "BEGIN CERTIFICATE" not in layers
+        assert not settings.ca_bundle or settings.ca_bundle not in layers
         leftovers = docker_run(image, "sh", "-c", "find /run/secrets /tmp/amltrain -type f 2>/dev/null | wc -l")
-        assert leftovers.strip() == "0"
+        assert leftovers.strip() == "0"  # nothing of the bind-mounted spec, helpers or wheelhouse stays
 
 
 @pytest.fixture
@@ -73,24 +79,53 @@ def tiny_spec(context, base_image: str) -> ImageSpec:
                      base_image=base_image)
 
 
-def test_pip_settings_reach_the_build_as_secrets_and_nowhere_else(tiny_context, docker_client, capfd):
+def canary_wheel(folder: Path) -> Path:
+    """A pure-Python wheel that exists nowhere but here: pip can only get it from the wheelhouse."""
+    path = folder / "amltrain_canary-1.0-py3-none-any.whl"
+    files = {"amltrain_canary/__init__.py": "SOURCE = 'wheelhouse'\n",
+             "amltrain_canary-1.0.dist-info/METADATA": "Metadata-Version: 2.1\nName: amltrain-canary\nVersion: 1.0\n",
+             "amltrain_canary-1.0.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
+                                                    "Tag: py3-none-any\n"}
+    record = "amltrain_canary-1.0.dist-info/RECORD"
+    files[record] = "".join(f"{name},,\n" for name in [*files, record])
+    with zipfile.ZipFile(path, "w") as wheel:
+        for name, text in files.items():
+            wheel.writestr(name, text)
+    return path
+
+
+def test_mirror_settings_reach_the_build_as_secrets_and_mounts_and_nowhere_else(tiny_context, docker_client,
+                                                                               capfd, tmp_path):
     cfg = load_config()
-    base = config.image_spec(cfg, "cpu", ROOT).base_image
     settings = config.build_settings(cfg)
-    canary = f"/canary-{uuid.uuid4().hex}"  # a find-links folder that does not exist: pip warns, naming it
-    settings = replace(settings, pip_find_links=(canary,))
-    spec = tiny_spec(tiny_context, base)
-    # a fresh spec each run, so BuildKit cannot answer from its cache and pip really runs
-    spec.conda_spec.write_text(spec.conda_spec.read_text() + f"# {canary}\n")
+    canary = uuid.uuid4().hex
+    ca_bundle = tmp_path / "ca.pem"  # the CA bundle the build needs, plus a line only this test knows
+    ca_bundle.write_text(Path(settings.ca_bundle or certifi.where()).read_text() + f"\n# canary-ca-{canary}\n")
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    canary_wheel(wheels)
+    settings = replace(settings, ca_bundle=str(ca_bundle), pip_find_links=(f"/canary-links-{canary}",),
+                       wheelhouse=str(wheels))
+    spec = replace(tiny_spec(tiny_context, config.image_spec(cfg, "cpu", ROOT).base_image),
+                   torch_index_url=f"file:///canary-torch-index-{canary}")
+    spec.conda_spec.write_text(spec.conda_spec.read_text() + "      - amltrain-canary==1.0\n")
     request = images.build_request(spec, settings)
     try:
         assert images.build(request) is True
-        assert canary in capfd.readouterr().out  # pip read the secret pip.conf
-        assert canary not in history(request.image)
-        found = docker_run(request.image, "sh", "-c",
-                           f"grep -rIl {canary} / --exclude-dir=proc --exclude-dir=sys 2>/dev/null | wc -l")
-        assert found.strip() == "0"
-        assert docker_run(request.image, "python", "-c", "import six; print(six.__version__)").strip() == "1.17.0"
+        output = capfd.readouterr().out
+        assert f"/canary-links-{canary}" in output  # pip read the secret pip.conf (and warned: no such folder)
+        assert f"canary-torch-index-{canary}" in output  # the torch index reached pip
+        layers = history(request.image)
+        assert f"canary-links-{canary}" not in layers and f"canary-ca-{canary}" not in layers
+        assert f"canary-torch-index-{canary}" in layers  # a build argument, as documented: never a secret
+        leaked = docker_run(request.image, "sh", "-c", f"grep -rIl -e canary-ca-{canary} -e canary-links-{canary} "
+                            "/ --exclude-dir=proc --exclude-dir=sys 2>/dev/null | wc -l")
+        assert leaked.strip() == "0"
+        probe = "import amltrain_canary, six; print(amltrain_canary.SOURCE, six.__version__)"
+        assert docker_run(request.image, "python", "-c", probe).split() == ["wheelhouse", "1.17.0"]
+        assert docker_run(request.image, "sh", "-c", "find / -name 'amltrain_canary-*.whl' 2>/dev/null | wc -l"
+                          ).strip() == "0"
+        assert [p.name for p in (tiny_context / ".wheelhouse").iterdir()] == []
     finally:
         docker_client.images.remove(request.image, force=True)
 

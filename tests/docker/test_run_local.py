@@ -124,3 +124,24 @@ def test_an_image_that_was_not_built_is_named(probe_env, docker_client):
     result = invoke("run-local", env={**probe_env, "INVOKE_IMAGES_CPU_SYSTEM_PACKAGES": "never-built"})
     assert result.returncode != 0
     assert "is not built" in result.stderr and "invoke build" in result.stderr
+
+
+def test_a_container_docker_refuses_leaves_no_run_folder_and_no_container(cpu_image, docker_client, tmp_path):
+    from amltrain import config, localrun
+    from amltrain.errors import ToolkitError
+    from tests.conftest import load_config
+
+    cfg = load_config({"job": {"source_dir": "tests/docker/probe", "script": "probe.py", "experiment": "probe"},
+                       "local": {"runs_dir": str(tmp_path / "runs")}})
+    job = config.job_spec(cfg, ROOT)
+    run_id = f"probe_conflict_{os.getpid()}"
+    request = localrun.local_request(job, cpu_image, config.local_settings(cfg, ROOT), run_id=run_id)
+    squatter = docker_client.containers.create(cpu_image, ["true"], name=run_id)  # the name is taken
+    try:
+        with pytest.raises(ToolkitError, match=f"Docker refused run {run_id}") as err:
+            localrun.run(request)
+        assert "docker rm" in err.value.hint
+        assert not request.run_dir.exists()
+        assert [c.id for c in docker_client.containers.list(all=True, filters={"name": run_id})] == [squatter.id]
+    finally:
+        squatter.remove(force=True)

@@ -62,11 +62,36 @@ def test_missing_conda_spec_is_named():
 
 
 def test_malformed_conda_spec_names_file_and_line(tmp_path):
-    bad = tmp_path / "bad.yml"
-    bad.write_text("dependencies:\n  - pip\n  - pip: [torch\n")
-    cfg = load_config({"images": {"cpu": {"conda": str(bad)}}})
+    (tmp_path / "conda").mkdir()
+    (tmp_path / "conda/bad.yml").write_text("dependencies:\n  - pip\n  - pip: [torch\n")
+    cfg = load_config({"images": {"cpu": {"conda": "conda/bad.yml", "dockerfile": str(ROOT / "Dockerfile.cpu")}}})
     with pytest.raises(ToolkitError, match=r"bad.yml is not valid YAML at line \d"):
+        config.image_spec(cfg, "cpu", tmp_path)
+
+
+def test_conda_spec_outside_conda_folder_is_refused(tmp_path):
+    spec = tmp_path / "env.yml"
+    spec.write_text("dependencies: [pip]\n")
+    with pytest.raises(ToolkitError, match="is outside") as err:
+        config.image_spec(load_config({"images": {"cpu": {"conda": str(spec)}}}), "cpu", ROOT)
+    assert "conda/" in err.value.hint
+
+
+def test_torch_index_with_credentials_is_refused():
+    cfg = load_config({"images": {"cpu": {"torch_index_url": "https://u:p@mirror.example/whl"}}})
+    with pytest.raises(ToolkitError, match="carries credentials"):
         config.image_spec(cfg, "cpu", ROOT)
+
+
+@pytest.mark.parametrize("option", ["my-data=x", "../up=x", "=x", "9lives=x"])
+def test_input_names_must_be_identifiers(option):
+    with pytest.raises(ToolkitError, match="identifier"):
+        config.job_spec(load_config(), ROOT, inputs=[option])
+
+
+def test_shm_size_must_be_a_size():
+    with pytest.raises(ToolkitError, match="not a size"):
+        config.local_settings(load_config({"local": {"shm_size": "lots"}}), ROOT)
 
 
 def test_missing_data_dir_is_refused(tmp_path):
@@ -106,3 +131,20 @@ def test_ca_bundle_must_exist(tmp_path):
     cfg = load_config({"build": {"ca_bundle": str(tmp_path / "missing.pem")}})
     with pytest.raises(ToolkitError, match="missing.pem does not exist"):
         config.build_settings(cfg)
+
+
+@pytest.mark.parametrize("setting, target, host_gpus, expected", [
+    ("auto", "gpu", 2, "all"),
+    ("auto", "gpu", 0, ""),
+    ("auto", "cpu", 2, ""),
+    ("none", "gpu", 2, ""),
+    ("all", "cpu", 0, "all"),
+    ("0,1", "gpu", 4, "0,1"),
+])
+def test_gpus_follow_the_target_and_the_host(setting, target, host_gpus, expected):
+    assert config.gpus_for(load_config({"local": {"gpus": setting}}), target, host_gpus) == expected
+
+
+def test_bad_gpus_setting_is_refused():
+    with pytest.raises(ToolkitError, match="not auto, none, all"):
+        config.gpus_for(load_config({"local": {"gpus": "many"}}), "gpu", 1)

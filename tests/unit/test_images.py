@@ -117,3 +117,33 @@ def test_missing_buildkit_is_explained(spec):
     err = images.diagnose_build_failure(["ERROR: BuildKit is enabled but the buildx component is missing"],
                                         request, 1)
     assert "BuildKit" in err.message and "docker.cli" in err.hint
+
+
+def test_the_install_scripts_own_error_line_is_quoted_first(spec):
+    request = images.build_request(spec, BuildSettings())
+    tail = ["#7 0.31 error: conda/cpu.yml asks for python>=3.12, the base image has 3.10.14; change it",
+            "#7 ERROR: process \"/bin/sh -c sh /tmp/amltrain/conda/install-deps.sh\" did not complete successfully",
+            "error: failed to solve: exit code: 1"]
+    err = images.diagnose_build_failure(tail, request, 1)
+    assert err.message.endswith("error: conda/cpu.yml asks for python>=3.12, the base image has 3.10.14; change it")
+
+
+def test_a_wheelhouse_is_a_find_links_folder_inside_the_build():
+    conf = images.pip_conf(BuildSettings(pip_find_links=("https://f",), wheelhouse="/srv/wheels"))
+    assert conf == "[global]\nfind-links = https://f\n    /tmp/amltrain/wheelhouse\n"
+
+
+def test_wheelhouse_is_linked_for_the_build_only(spec, tmp_path):
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    (wheels / "a-1.0-py3-none-any.whl").write_bytes(b"wheel")
+    (wheels / "notes.txt").write_text("not a distribution")
+    request = images.build_request(spec, BuildSettings(wheelhouse=str(wheels)))
+    inside = spec.context / ".wheelhouse"
+    with pytest.raises(RuntimeError):
+        with images._linked_wheelhouse(request):
+            assert sorted(p.name for p in inside.iterdir()) == ["a-1.0-py3-none-any.whl"]
+            assert (inside / "a-1.0-py3-none-any.whl").read_bytes() == b"wheel"
+            raise RuntimeError("the build failed")
+    assert list(inside.iterdir()) == []
+    assert (wheels / "a-1.0-py3-none-any.whl").exists()

@@ -94,3 +94,24 @@ def test_run_ids_look_like_azure_mls_and_are_unique():
     assert a != b
     name, stamp, suffix = a.split("_")
     assert name == "fowl-transfer" and stamp.isdigit() and len(suffix) == 8
+
+
+def test_gpus_and_the_run_cache_reach_the_request(job, settings, tmp_path):
+    cached = LocalSettings(runs_dir=settings.runs_dir, user="1000:1000", gpus="0,1", cache_dir=tmp_path / "cache")
+    request = localrun.local_request(job, "img", cached)
+    container = request.containers[0]
+    assert container.gpus == "0,1" and request.cache_dir == tmp_path / "cache"
+    assert Mount(str(tmp_path / "cache"), "/mnt/azureml/cache") in container.mounts
+    assert container.environment["AMLTRAIN_CACHE_DIR"] == "/mnt/azureml/cache"
+    assert container.environment["TORCH_HOME"] == "/mnt/azureml/cache/torch"
+    assert localrun.describe(request)["containers"][0]["gpus"] == "0,1"
+
+
+@pytest.mark.parametrize("name, value", [
+    ("STORAGE_CONNECTION_STRING", "x"),
+    ("BLOB", "DefaultEndpointsProtocol=https;AccountName=a;AccountKey=abc=="),
+    ("URL", "https://a.blob.core.windows.net/c?sv=2024&sig=abc"),
+    ("HF_AUTH", "x"),
+])
+def test_secret_looking_values_are_masked(name, value):
+    assert localrun.mask(name, value) == "****"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import uuid
 
 import pytest
 
@@ -57,10 +58,13 @@ def test_run_local_dry_run_needs_no_engine():
     assert "/mnt/azureml/inputs/code:ro" in result.stdout
 
 
-def test_malformed_conda_spec_is_one_line(tmp_path):
-    bad = tmp_path / "bad.yml"
+def test_malformed_conda_spec_is_one_line():
+    bad = ROOT / "conda" / f".test-malformed-{uuid.uuid4().hex}.yml"  # specs must live in conda/
     bad.write_text("dependencies:\n  - pip:\n    - torch\n  - [unclosed\n")
-    result = invoke("build", "--dry-run", env={"INVOKE_IMAGES_CPU_CONDA": str(bad)})
+    try:
+        result = invoke("build", "--dry-run", env={"INVOKE_IMAGES_CPU_CONDA": str(bad)})
+    finally:
+        bad.unlink()
     assert result.returncode == 1
     assert result.stderr.strip().count("\n") == 0
     assert result.stderr.startswith(f"error: conda spec {bad} is not valid YAML at line")
