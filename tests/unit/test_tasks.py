@@ -73,3 +73,12 @@ def test_malformed_conda_spec_is_one_line():
 def test_image_ref_matches_what_build_would_tag():
     ref = invoke("image-ref", "--target", "gpu").stdout.strip()
     assert invoke("build", "--target", "gpu", "--dry-run", env=ENGINE_DOWN).stdout.startswith(f"image: {ref}\n")
+
+
+def test_standin_base_dry_run_prints_the_plan_and_makes_nothing():
+    result = invoke("standin-base", "--dry-run", env=ENGINE_DOWN)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("debootstrap --variant=minbase --include=python3,python3-pip,python3-venv")
+    assert "openmpi-bin" in result.stdout and "python3 -m venv /opt/venv" in result.stdout
+    assert "docker import" in lines[-1] and lines[-1].endswith("amltrain/standin-base:bookworm'")
