@@ -15,7 +15,7 @@ from pathlib import Path
 
 from invoke import Exit, task
 
-from amltrain import config, engine, images, localrun, standin
+from amltrain import config, engine, images, localrun, snapshot, standin
 from amltrain.errors import ToolkitError
 
 ROOT = Path(__file__).resolve().parent
@@ -62,23 +62,43 @@ def standin_base(c, force=False, dry_run=False):
           f"INVOKE_IMAGES_CPU_BASE_IMAGE={plan.image} (and _GPU_)")
 
 
+def _code_request(c, target: str) -> images.CodeBuildRequest:
+    source_dir = config.job_spec(c.config, ROOT, target=target).source_dir
+    files = snapshot.files(source_dir)
+    snapshot.check_limits(source_dir, files)
+    return images.code_build_request(images.image_ref(config.image_spec(c.config, target, ROOT)), source_dir,
+                                     files, config.build_settings(c.config).docker_cli)
+
+
+def _report(image: str, built: bool, started: float) -> None:
+    if built:
+        print(f"built {image} in {time.monotonic() - started:.1f} s")
+    else:
+        print(f"{image} is up to date: nothing changed, nothing built ({time.monotonic() - started:.2f} s)")
+
+
 @task(help={"target": "Image flavour: cpu or gpu (images.<target> in invoke.yaml)",
+            "bake": "Also bake the job's source-directory snapshot into an immutable code image on top "
+                    "(tagged by content, and <image>-code-latest)",
             "no-cache": "Rebuild even if the content-addressed tag exists, without the layer cache",
             "dry-run": "Print the image tag and the build command (secrets masked) and build nothing"})
 @one_line_errors
-def build(c, target="cpu", no_cache=False, dry_run=False):
+def build(c, target="cpu", bake=False, no_cache=False, dry_run=False):
     """Build the training image; with nothing changed, does no build work at all."""
     spec = config.image_spec(c.config, target, ROOT)
     request = images.build_request(spec, config.build_settings(c.config))
+    code = _code_request(c, target) if bake else None
     if dry_run:
         print(request.render())
         print(f"state: {images.build_state(request)}")
+        if code:
+            print(code.render())
         return
     started = time.monotonic()
-    if images.build(request, no_cache=no_cache):
-        print(f"built {request.image} in {time.monotonic() - started:.1f} s")
-    else:
-        print(f"{request.image} is up to date: nothing changed, nothing built ({time.monotonic() - started:.2f} s)")
+    _report(request.image, images.build(request, no_cache=no_cache), started)
+    if code:
+        started = time.monotonic()
+        _report(code.image, images.build_code(code), started)
 
 
 @task(help={"target": "Image flavour (default: job.target)",
@@ -90,12 +110,15 @@ def image_ref(c, target=None, dry_run=False):
     print(images.image_ref(config.image_spec(c.config, target, ROOT)))
 
 
-def _run_local(c, *, target, script, args, inputs, env, user, dry_run, inputs_made_later=False):
+def _run_local(c, *, target, script, args, inputs, env, user, dry_run, inputs_made_later=False, baked=False):
     job = config.job_spec(c.config, ROOT, target=target, script=script, arguments=args, inputs=inputs, env=env,
                           require_inputs=not inputs_made_later)
     image = images.image_ref(config.image_spec(c.config, job.target, ROOT))
+    if baked:
+        image = images.latest_code_image(image)
     gpus = config.gpus_for(c.config, job.target, engine.host_gpu_count())
-    request = localrun.local_request(job, image, config.local_settings(c.config, ROOT, user, gpus))
+    request = localrun.local_request(job, image, config.local_settings(c.config, ROOT, user, gpus),
+                                     code_in_image=images.CODE_ROOT if baked else "")
     if dry_run:
         _print_yaml(localrun.describe(request))
         return
@@ -113,12 +136,14 @@ def _run_local(c, *, target, script, args, inputs, env, user, dry_run, inputs_ma
             "input": "Data input NAME=DIR, mounted read-only (repeatable)",
             "env": "Environment variable NAME=VALUE for the script (repeatable)",
             "user": "UID:GID the container runs as (default: yours, so outputs are yours)",
+            "baked": "Run the newest code image of `build --bake` (its snapshot) instead of the working tree",
             "dry-run": "Print the exact container request (secrets masked) and run nothing"})
 @one_line_errors
-def run_local(c, target=None, script=None, args=None, input=None, env=None, user=None, dry_run=False):
+def run_local(c, target=None, script=None, args=None, input=None, env=None, user=None, baked=False,
+              dry_run=False):
     """Run the job in local Docker, in the same image and with the same runtime contract as Azure ML."""
     _run_local(c, target=target, script=script, args=args, inputs=input or [], env=env or [], user=user,
-               dry_run=dry_run)
+               dry_run=dry_run, baked=baked)
 
 
 @task(help={"out": "Dataset folder (default: smoke.data_dir)",

@@ -20,7 +20,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import engine
+from . import engine, snapshot
 from .errors import ToolkitError
 from .spec import BuildSettings, ImageSpec
 
@@ -32,6 +32,8 @@ CONTENT_LABEL = "amltrain.content-hash"
 WHEELHOUSE = ".wheelhouse"
 WHEELHOUSE_IN_BUILD = "/tmp/amltrain/wheelhouse"
 WHEEL_SUFFIXES = (".whl", ".tar.gz", ".zip")
+# Where `invoke build --bake` puts the source-directory snapshot in a code image.
+CODE_ROOT = "/opt/amltrain/code"
 
 
 def build_args(spec: ImageSpec) -> dict[str, str]:
@@ -225,3 +227,72 @@ def diagnose_build_failure(tail: list[str], request: BuildRequest, code: int) ->
     errors = [line for line in tail if line.startswith("error:") or "ERROR" in line or "failed to solve" in line]
     detail = (ours or errors or tail or ["no output"])[-1]
     return ToolkitError(f"docker build of {request.image} failed (exit {code}): {detail[:300]}", exit_code=code or 1)
+
+
+@dataclass(frozen=True)
+class CodeBuildRequest:
+    """An immutable image: the dependency image plus a snapshot of the source directory at CODE_ROOT.
+
+    Tagged ``<dependency image>-code-<12 hex of the snapshot hash>``: unchanged code is never rebuilt.
+    """
+
+    image: str
+    base: str
+    source_dir: Path
+    files: tuple[str, ...]
+    content_hash: str
+    docker_cli: str
+
+    def dockerfile(self) -> str:
+        return f"FROM {self.base}\nCOPY code/ {CODE_ROOT}/\n"
+
+    def render(self) -> str:
+        return "\n".join([f"code image: {self.image}", f"snapshot: {self.source_dir} ({len(self.files)} files) "
+                          f"-> {CODE_ROOT}", "dockerfile: " + self.dockerfile().replace("\n", "; ").strip("; ")])
+
+
+def code_build_request(base: str, source_dir: Path, files: tuple[str, ...], docker_cli: str) -> CodeBuildRequest:
+    digest = snapshot.content_hash(source_dir, files)
+    return CodeBuildRequest(image=f"{base}-code-{digest[:12]}", base=base, source_dir=source_dir, files=files,
+                            content_hash=digest, docker_cli=docker_cli)
+
+
+def build_code(request: CodeBuildRequest) -> bool:
+    """Build the code image unless its tag exists (the dependency image must exist). True when it built."""
+    client = engine.connect()
+    if engine.image_exists(client, request.image):
+        _tag(client, request.image, latest_code_ref(request.base))
+        return False
+    if not engine.image_exists(client, request.base):
+        raise ToolkitError(f"image {request.base} is not built", "build the dependency image first")
+    dockerfile = request.dockerfile().encode()
+    context = snapshot.tar_archive(request.source_dir, request.files, "code", 0, 0, {"Dockerfile": dockerfile})
+    argv = [request.docker_cli, "build", "--progress", "plain", "--tag", request.image,
+            "--label", f"amltrain.code-hash={request.content_hash}", "--label", f"amltrain.code-base={request.base}",
+            "-"]
+    result = subprocess.run(argv, input=context, capture_output=True, env={**os.environ, "DOCKER_BUILDKIT": "1"})
+    if result.returncode != 0:
+        lines = (result.stdout + result.stderr).decode(errors="replace").splitlines() or ["no output"]
+        raise ToolkitError(f"building code image {request.image} failed: {lines[-1][:300]}")
+    _tag(client, request.image, latest_code_ref(request.base))
+    return True
+
+
+def _tag(client, image: str, ref: str) -> None:
+    repository, _, tag = ref.rpartition(":")
+    client.images.get(image).tag(repository, tag=tag)
+
+
+
+def latest_code_ref(base: str) -> str:
+    """A moving tag on the code image last baked on ``base``: what ``run-local --baked`` runs, even after the
+    working tree has moved on (the content-addressed tag of the current tree may not exist)."""
+    return f"{base}-code-latest"
+
+
+def latest_code_image(base: str) -> str:
+    client = engine.connect()
+    ref = latest_code_ref(base)
+    if not engine.image_exists(client, ref):
+        raise ToolkitError(f"no code image baked on {base}", "run `invoke build --bake` first")
+    return ref

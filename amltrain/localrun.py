@@ -88,7 +88,10 @@ def contract_env(job: JobSpec, run_id: str, hostname: str, settings: LocalSettin
     return env
 
 
-def local_request(job: JobSpec, image: str, settings: LocalSettings, run_id: str | None = None) -> LocalRequest:
+def local_request(job: JobSpec, image: str, settings: LocalSettings, run_id: str | None = None,
+                  code_in_image: str = "") -> LocalRequest:
+    """The whole run as data. ``code_in_image``: the image has the code baked in there (``build --bake``),
+    and the working directory is a copy of that instead of the host's source directory."""
     run_id = run_id or new_run_id(job.experiment)
     run_dir = settings.runs_dir / run_id
     names = snapshot.files(job.source_dir)
@@ -118,7 +121,7 @@ def local_request(job: JobSpec, image: str, settings: LocalSettings, run_id: str
         gpus=settings.gpus,
     )
     return LocalRequest(run_id=run_id, run_dir=run_dir, snapshot_dir=job.source_dir, snapshot_files=names,
-                        containers=(container,), cache_dir=settings.cache_dir)
+                        containers=(container,), cache_dir=settings.cache_dir, code_in_image=code_in_image)
 
 
 def mask(name: str, value: str) -> str:
@@ -132,8 +135,9 @@ def describe(request: LocalRequest) -> dict:
     return {
         "run_id": request.run_id,
         "run_dir": str(request.run_dir),
-        "snapshot": {"source": str(request.snapshot_dir), "files": len(request.snapshot_files),
-                     "copied_to": WORKDIR},
+        "snapshot": ({"source": f"image:{request.code_in_image}"} if request.code_in_image else
+                     {"source": str(request.snapshot_dir), "files": len(request.snapshot_files)})
+        | {"copied_to": WORKDIR},
         "containers": [{
             "name": c.name, "image": c.image, "command": list(c.command), "working_dir": c.working_dir,
             "hostname": c.hostname, "user": c.user, "shm_size": c.shm_size, "gpus": c.gpus or "none",
@@ -154,7 +158,10 @@ def run(request: LocalRequest, out=None) -> None:
             raise ToolkitError(f"image {c.image} is not built", "run `invoke build` for this target first")
     uid, _, gid = request.containers[0].user.partition(":")
     uid, gid = int(uid), int(gid or uid)
-    archive = snapshot.tar_archive(request.snapshot_dir, request.snapshot_files, WORKDIR, uid, gid)
+    if request.code_in_image:
+        archive = _archive_from_image(client, request.containers[0].image, request.code_in_image, uid, gid)
+    else:
+        archive = snapshot.tar_archive(request.snapshot_dir, request.snapshot_files, WORKDIR, uid, gid)
     _make_run_dir(request, uid, gid)
     containers, started = [], False
     with _interrupts_as_keyboard_interrupt():
@@ -197,6 +204,17 @@ def _make_run_dir(request: LocalRequest, uid: int, gid: int) -> None:
         if other_user:
             os.chown(folder, uid, gid)
     (run_dir / "request.json").write_text(json.dumps(describe(request), indent=2) + "\n")
+
+
+def _archive_from_image(client, image: str, folder: str, uid: int, gid: int) -> bytes:
+    """The code baked into an image, as a snapshot archive for the working directory."""
+    holder = client.containers.create(image, ["true"])
+    try:
+        chunks, _ = holder.get_archive(folder)
+        data = b"".join(chunks)
+    finally:
+        _remove(holder)
+    return snapshot.reroot(data, Path(folder).name, WORKDIR, uid, gid)
 
 
 def _refused(exc, request: LocalRequest) -> ToolkitError:

@@ -8,6 +8,7 @@ cloud would not see is not seen locally either.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import tarfile
@@ -57,8 +58,34 @@ def check_limits(source_dir: Path, names: tuple[str, ...]) -> int:
     return size
 
 
-def tar_archive(source_dir: Path, names: tuple[str, ...], target: str, uid: int, gid: int) -> bytes:
-    """A tar of the snapshot rooted at ``target``, owned by uid:gid so the run can write in its copy."""
+def content_hash(source_dir: Path, names: tuple[str, ...]) -> str:
+    """sha256 over the snapshot's file names and bytes: the identity of a baked code image."""
+    digest = hashlib.sha256()
+    for name in names:
+        data = (source_dir / name).read_bytes()
+        digest.update(f"{name}\0{len(data)}\0".encode())
+        digest.update(data)
+    return digest.hexdigest()
+
+
+def reroot(archive: bytes, old_root: str, target: str, uid: int, gid: int) -> bytes:
+    """The same files under ``target`` and owned by uid:gid: a snapshot taken out of an image, for a run."""
+    old, new = old_root.strip("/"), target.strip("/")
+    out = io.BytesIO()
+    with tarfile.open(fileobj=io.BytesIO(archive)) as src, tarfile.open(fileobj=out, mode="w") as dst:
+        for member in src.getmembers():
+            if member.name != old and not member.name.startswith(old + "/"):
+                continue
+            member.name = new + member.name[len(old):]
+            member.uid, member.gid, member.uname, member.gname = uid, gid, "", ""
+            dst.addfile(member, src.extractfile(member) if member.isfile() else None)
+    return out.getvalue()
+
+
+def tar_archive(source_dir: Path, names: tuple[str, ...], target: str, uid: int, gid: int,
+                extra: dict[str, bytes] | None = None) -> bytes:
+    """A tar of the snapshot rooted at ``target``, owned by uid:gid so the run can write in its copy;
+    ``extra`` files (a Dockerfile) go at the top, beside ``target``."""
     buffer = io.BytesIO()
 
     def owned(info: tarfile.TarInfo) -> tarfile.TarInfo:
@@ -67,6 +94,10 @@ def tar_archive(source_dir: Path, names: tuple[str, ...], target: str, uid: int,
 
     root = target.strip("/")
     with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name, data in (extra or {}).items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o644
+            tar.addfile(info, io.BytesIO(data))
         top = tarfile.TarInfo(root)
         top.type, top.mode = tarfile.DIRTYPE, 0o755
         tar.addfile(owned(top))

@@ -107,3 +107,4 @@ class LocalRequest:
     snapshot_files: tuple[str, ...]
     containers: tuple[ContainerRequest, ...]
     cache_dir: Path | None = None
+    code_in_image: str = ""  # baked code: the snapshot is copied from this folder of the image, not the host

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -145,3 +147,24 @@ def test_a_container_docker_refuses_leaves_no_run_folder_and_no_container(cpu_im
         assert [c.id for c in docker_client.containers.list(all=True, filters={"name": run_id})] == [squatter.id]
     finally:
         squatter.remove(force=True)
+
+
+def test_baked_code_runs_from_the_image_not_from_the_working_tree(cpu_image, probe_env, tmp_path):
+    source = tmp_path / "src"
+    shutil.copytree(ROOT / "tests/docker/probe", source)
+    env = {**probe_env, "INVOKE_JOB_SOURCE_DIR": str(source)}
+    first = invoke("build", "--bake", env=env)
+    assert first.returncode == 0, first.stdout + first.stderr
+    code_image = re.search(r"(amltrain/\S+-code-[0-9a-f]{12})", first.stdout).group(1)
+    again = invoke("build", "--bake", env=env)
+    assert f"{code_image} is up to date: nothing changed, nothing built" in again.stdout
+    (source / "added_after_bake.py").write_text("")  # the working tree moves on; the baked image does not
+    runs = {}
+    for mode in ("--baked", "--working-tree"):
+        result = invoke("run-local", *([mode] if mode == "--baked" else []), env=env)
+        assert result.returncode == 0, result.stdout + result.stderr
+        report = json.loads((Path(run_dir_of(result.stdout)) / "outputs/probe.json").read_text())
+        assert report["cwd_writable"] == "yes"
+        runs[mode] = report["files"]
+    assert runs["--baked"] == [".amlignore", "probe.py"]
+    assert runs["--working-tree"] == [".amlignore", "added_after_bake.py", "probe.py"]

@@ -147,3 +147,14 @@ def test_wheelhouse_is_linked_for_the_build_only(spec, tmp_path):
             raise RuntimeError("the build failed")
     assert list(inside.iterdir()) == []
     assert (wheels / "a-1.0-py3-none-any.whl").exists()
+
+
+def test_code_image_tag_follows_the_snapshot_content(tmp_path):
+    (tmp_path / "train.py").write_text("print(1)\n")
+    files = ("train.py",)
+    first = images.code_build_request("amltrain/train:cpu-0123456789ab", tmp_path, files, "docker")
+    assert first.image == f"amltrain/train:cpu-0123456789ab-code-{first.content_hash[:12]}"
+    assert first == images.code_build_request("amltrain/train:cpu-0123456789ab", tmp_path, files, "docker")
+    (tmp_path / "train.py").write_text("print(2)\n")
+    assert images.code_build_request("amltrain/train:cpu-0123456789ab", tmp_path, files, "docker").image != first.image
+    assert first.dockerfile() == "FROM amltrain/train:cpu-0123456789ab\nCOPY code/ /opt/amltrain/code/\n"

@@ -56,3 +56,13 @@ def test_archive_is_owned_by_the_run_user_and_rooted_at_the_workdir(source):
                             "mnt/azureml/wd/train/a.py", "mnt/azureml/wd/train/sub/b.py"}
     assert {(m.uid, m.gid) for m in members.values()} == {(1234, 99)}
     assert members["mnt/azureml/wd"].isdir()
+
+
+def test_reroot_moves_an_image_folder_to_the_workdir_and_hands_it_over(source):
+    baked = snapshot.tar_archive(source, ("train/a.py",), "code", 0, 0, {"Dockerfile": b"FROM x\n"})
+    moved = snapshot.reroot(baked, "code", "/mnt/azureml/wd", 1234, 99)
+    with tarfile.open(fileobj=io.BytesIO(moved)) as tar:
+        members = {m.name: m for m in tar.getmembers()}
+        assert tar.extractfile(members["mnt/azureml/wd/train/a.py"]).read() == b"train/a.py"
+    assert set(members) == {"mnt/azureml/wd", "mnt/azureml/wd/train", "mnt/azureml/wd/train/a.py"}
+    assert {(m.uid, m.gid) for m in members.values()} == {(1234, 99)}
