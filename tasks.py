@@ -116,7 +116,7 @@ def _run_local(c, *, target, script, args, inputs, env, user, dry_run, inputs_ma
     image = images.image_ref(config.image_spec(c.config, job.target, ROOT))
     if baked:
         image = images.latest_code_image(image)
-    gpus = config.gpus_for(c.config, job.target, engine.host_gpu_count())
+    gpus = config.gpus_for(c.config, job.target, engine.host_gpu_count)
     request = localrun.local_request(job, image, config.local_settings(c.config, ROOT, user, gpus),
                                      code_in_image=images.CODE_ROOT if baked else "")
     if dry_run:

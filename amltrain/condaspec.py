@@ -34,18 +34,25 @@ def python_satisfies(constraint: str, version: tuple[int, ...]) -> bool:
     """Whether an interpreter version meets a conda version constraint such as ``>=3.10,<3.13`` or ``=3.11``.
 
     The base image's interpreter is used as it is (the spec cannot change it without a conda solve), so
-    the build checks it instead of silently ignoring the pin. Conda's ``=3.10`` means ``3.10.*``.
+    the build checks it instead of silently ignoring the pin. As in conda, ``=3.10`` and ``3.10.*`` match
+    the 3.10 series, comparisons compare whole versions (3.10.14 > 3.10), a build string is ignored.
     """
     for clause in constraint.replace(" ", "").split(","):
         if not clause:
             continue
-        match = re.fullmatch(r"(>=|<=|==|!=|>|<|=)?(\d+(?:\.\d+)*)(\.\*)?", clause)
+        match = re.fullmatch(r"(>=|<=|==|!=|>|<|=)?(\d+(?:\.\d+)*)(\.\*)?(=[^,]*)?", clause)
         if not match:
             raise CondaSpecError(f"python version constraint {clause!r} is not understood")
-        op, want = match.group(1) or "=", tuple(int(x) for x in match.group(2).split("."))
-        have = tuple(version[: len(want)])
-        ok = {"=": have == want, "==": have == want, "!=": have != want, ">=": have >= want,
-              "<=": have <= want, ">": have > want, "<": have < want}[op]
+        op, star = match.group(1) or "=", bool(match.group(3))
+        want = tuple(int(x) for x in match.group(2).split("."))
+        if op == "=" or star:  # the series: 3.10 matches 3.10.x
+            same = tuple(version[: len(want)]) == want
+            ok = not same if op == "!=" else same
+        else:
+            width = max(len(want), len(version))
+            have, want = tuple(version) + (0,) * (width - len(version)), want + (0,) * (width - len(want))
+            ok = {"==": have == want, "!=": have != want, ">=": have >= want, "<=": have <= want,
+                  ">": have > want, "<": have < want}[op]
         if not ok:
             return False
     return True

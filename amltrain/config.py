@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -176,12 +176,18 @@ def job_spec(
     )
 
 
-def gpus_for(cfg: Mapping[str, Any], target: str, host_gpus: int) -> str:
-    """``local.gpus``: auto (all GPUs for a GPU target when the host has any), none, all, or ids like 0,1."""
-    value = str(section(cfg, "local").get("gpus") or "auto").strip().lower()
+def gpus_for(cfg: Mapping[str, Any], target: str, count_host_gpus: Callable[[], int]) -> str:
+    """``local.gpus``: auto (all GPUs for a GPU target when the host has any), none, all, or ids like 0,1.
+
+    ``count_host_gpus`` is asked only for auto on a GPU target (it runs nvidia-smi).
+    """
+    raw = section(cfg, "local").get("gpus")
+    if isinstance(raw, bool):  # YAML 1.1 reads off/no/yes as booleans
+        raise ToolkitError(f"local.gpus {raw!r} is ambiguous", "write auto, none, all or device ids like 0,1")
+    value = "auto" if raw is None or raw == "" else str(raw).strip().lower()
     if value == "auto":
         is_gpu_target = bool(section(section(cfg, "images"), target).get("gpu")) if target in targets(cfg) else False
-        return "all" if is_gpu_target and host_gpus > 0 else ""
+        return "all" if is_gpu_target and count_host_gpus() > 0 else ""
     if value == "none":
         return ""
     if value == "all" or re.fullmatch(r"\d+(,\d+)*", value):
@@ -204,5 +210,5 @@ def local_settings(cfg: Mapping[str, Any], root: Path, user: str | None = None, 
         user=user,
         master_port=int(local.get("master_port") or 6105),
         gpus=gpus,
-        cache_dir=(root / str(local.get("cache_dir"))).resolve() if local.get("cache_dir") else None,
+        cache_dir=(root / os.path.expanduser(str(local["cache_dir"]))).resolve() if local.get("cache_dir") else None,
     )

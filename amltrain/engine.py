@@ -7,23 +7,21 @@ from .errors import ToolkitError
 ENGINE_HINT = "start it (e.g. `sudo dockerd &` or `sudo systemctl start docker`) or set DOCKER_HOST"
 
 
-def context_host() -> str | None:
-    """The engine the docker CLI's current context points at (Docker Desktop, rootless, remote), so that
-    docker-py talks to the same engine as the builds. None when DOCKER_HOST decides or no CLI answers."""
+def _client_from_context():
+    """A client for the docker CLI's current context (Docker Desktop, rootless, remote with TLS), read by
+    docker-py's own context support, so containers go to the engine the builds go to. DOCKER_HOST wins."""
     import os
-    import shutil
-    import subprocess
 
-    cli = shutil.which("docker")
-    if os.environ.get("DOCKER_HOST") or cli is None:
-        return None
-    try:
-        result = subprocess.run([cli, "context", "inspect", "--format", "{{.Endpoints.docker.Host}}"],
-                                capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    host = result.stdout.strip()
-    return host if result.returncode == 0 and host.startswith(("unix://", "tcp://", "npipe://")) else None
+    import docker
+    from docker.context import ContextAPI
+
+    if os.environ.get("DOCKER_HOST"):
+        return docker.from_env()
+    context = ContextAPI.get_current_context()
+    if context is None or not context.Host:
+        return docker.from_env()
+    return docker.DockerClient(base_url=context.Host, tls=context.TLSConfig or False,
+                               use_ssh_client=context.Host.startswith("ssh://"))
 
 
 def connect():
@@ -31,8 +29,7 @@ def connect():
     import docker
 
     try:
-        host = context_host()
-        client = docker.DockerClient(base_url=host) if host else docker.from_env()
+        client = _client_from_context()
         client.ping()
     except docker.errors.DockerException as exc:
         reason = str(exc).splitlines()[0][:160]
@@ -51,11 +48,14 @@ def image_exists(client, ref: str) -> bool:
 
 
 def host_gpu_count() -> int:
-    """NVIDIA GPUs on this host, as nvidia-smi lists them (0 without the driver)."""
+    """NVIDIA GPUs on this host, as nvidia-smi lists them (0 without the driver, or when it hangs)."""
     import shutil
     import subprocess
 
     if shutil.which("nvidia-smi") is None:
         return 0
-    result = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True)
+    try:
+        result = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10)
+    except subprocess.TimeoutExpired:
+        return 0
     return sum(line.startswith("GPU ") for line in result.stdout.splitlines()) if result.returncode == 0 else 0

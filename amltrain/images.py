@@ -34,6 +34,7 @@ WHEELHOUSE_IN_BUILD = "/tmp/amltrain/wheelhouse"
 WHEEL_SUFFIXES = (".whl", ".tar.gz", ".zip")
 # Where `invoke build --bake` puts the source-directory snapshot in a code image.
 CODE_ROOT = "/opt/amltrain/code"
+CODE_BASE_ID_LABEL = "amltrain.code-base-id"
 
 
 def build_args(spec: ImageSpec) -> dict[str, str]:
@@ -168,6 +169,9 @@ def _linked_wheelhouse(request: BuildRequest):
     """
     folder = request.spec.context / WHEELHOUSE
     folder.mkdir(exist_ok=True)
+    for stale in folder.iterdir():  # left by a build that was killed before it could clean up
+        if stale.name.endswith(WHEEL_SUFFIXES):
+            stale.unlink()
     linked = []
     try:
         if request.wheelhouse:
@@ -260,16 +264,19 @@ def code_build_request(base: str, source_dir: Path, files: tuple[str, ...], dock
 def build_code(request: CodeBuildRequest) -> bool:
     """Build the code image unless its tag exists (the dependency image must exist). True when it built."""
     client = engine.connect()
-    if engine.image_exists(client, request.image):
-        _tag(client, request.image, latest_code_ref(request.base))
-        return False
     if not engine.image_exists(client, request.base):
         raise ToolkitError(f"image {request.base} is not built", "build the dependency image first")
+    base_id = client.images.get(request.base).id
+    if engine.image_exists(client, request.image):
+        if client.images.get(request.image).labels.get(CODE_BASE_ID_LABEL) == base_id:
+            _tag(client, request.image, latest_code_ref(request.base))
+            return False
+        # same code, but the dependency image under that tag was rebuilt (--no-cache): bake again on it
     dockerfile = request.dockerfile().encode()
     context = snapshot.tar_archive(request.source_dir, request.files, "code", 0, 0, {"Dockerfile": dockerfile})
     argv = [request.docker_cli, "build", "--progress", "plain", "--tag", request.image,
             "--label", f"amltrain.code-hash={request.content_hash}", "--label", f"amltrain.code-base={request.base}",
-            "-"]
+            "--label", f"{CODE_BASE_ID_LABEL}={base_id}", "-"]
     result = subprocess.run(argv, input=context, capture_output=True, env={**os.environ, "DOCKER_BUILDKIT": "1"})
     if result.returncode != 0:
         lines = (result.stdout + result.stderr).decode(errors="replace").splitlines() or ["no output"]
@@ -291,8 +298,11 @@ def latest_code_ref(base: str) -> str:
 
 
 def latest_code_image(base: str) -> str:
+    """The content-addressed tag that ``<base>-code-latest`` points at now (resolved once, so a bake running
+    meanwhile cannot change what a run uses, and request.json names the code that ran)."""
     client = engine.connect()
     ref = latest_code_ref(base)
     if not engine.image_exists(client, ref):
         raise ToolkitError(f"no code image baked on {base}", "run `invoke build --bake` first")
-    return ref
+    tags = sorted(t for t in client.images.get(ref).tags if t.startswith(f"{base}-code-") and t != ref)
+    return tags[0] if tags else ref

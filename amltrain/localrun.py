@@ -197,6 +197,9 @@ def _make_run_dir(request: LocalRequest, uid: int, gid: int) -> None:
     if other_user and os.geteuid() != 0:
         raise ToolkitError(f"cannot run as {uid}:{gid}: its outputs could not be written to {run_dir}",
                            "only root can run containers as another user; drop --user")
+    if cache_dir and cache_dir.exists() and cache_dir.stat().st_uid != uid:
+        raise ToolkitError(f"the run cache {cache_dir} belongs to uid {cache_dir.stat().st_uid}, the run to {uid}",
+                           "remove it, or set local.cache_dir to a folder of the run's user")
     folders = [run_dir / sub for sub in ("outputs", "logs", "logs/user_logs", "mlruns")]
     folders += [cache_dir] if cache_dir and not cache_dir.exists() else []
     for folder in folders:

@@ -61,7 +61,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as src:
         Path(src, "noop.py").write_text("pass\n")
         job_env = {"INVOKE_JOB_SOURCE_DIR": src, "INVOKE_JOB_SCRIPT": "noop.py", "INVOKE_JOB_TARGET": args.target,
-                   "INVOKE_LOCAL_RUNS_DIR": str(Path(src, "runs"))}
+                   "INVOKE_LOCAL_RUNS_DIR": str(Path(src, "runs")), "INVOKE_LOCAL_CACHE_DIR": str(Path(src, "cache"))}
         run_local = best_of(3, lambda: invoke("run-local", env=job_env))
     bare = best_of(3, lambda: timed([config.build_settings(cfg).docker_cli, "run", "--rm", ref, "python", "-c",
                                      "pass"]))

@@ -34,7 +34,10 @@ if [ -s /tmp/conda-packages.txt ]; then
         exit 1
     fi
     # shellcheck disable=SC2046
-    conda install --yes --name base $(sed 's/^/--channel /' /tmp/conda-channels.txt) $(cat /tmp/conda-packages.txt)
+    # "nodefaults" is not a channel: it means "only the channels listed".
+    conda install --yes --name base \
+        $(sed -e 's/^nodefaults$/--override-channels/' -e '/^--/!s/^/--channel /' /tmp/conda-channels.txt) \
+        $(cat /tmp/conda-packages.txt)
     conda clean --all --yes
 fi
 python -m pip install ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} -r /tmp/requirements.txt

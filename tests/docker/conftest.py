@@ -64,7 +64,7 @@ def gpu_image(docker_client) -> str:
 def probe_env(tmp_path) -> dict:
     """Run the probe job instead of the training job, with its runs kept under tmp_path."""
     return {"INVOKE_JOB_SOURCE_DIR": PROBE_DIR, "INVOKE_JOB_SCRIPT": "probe.py", "INVOKE_JOB_EXPERIMENT": "probe",
-            "INVOKE_LOCAL_RUNS_DIR": str(tmp_path / "runs")}
+            "INVOKE_LOCAL_RUNS_DIR": str(tmp_path / "runs"), "INVOKE_LOCAL_CACHE_DIR": str(tmp_path / "cache")}
 
 
 def run_dir_of(output: str) -> str:

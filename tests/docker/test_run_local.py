@@ -14,13 +14,15 @@ from pathlib import Path
 
 import pytest
 
+from amltrain import engine
 from tests.conftest import ROOT
 
 from .conftest import containers_labelled, invoke, run_dir_of
 
 
 def test_smoke_trains_a_model_that_loads_without_the_training_code(cpu_image, docker_client, tmp_path):
-    result = invoke("smoke", env={"INVOKE_LOCAL_RUNS_DIR": str(tmp_path / "runs")})
+    result = invoke("smoke", env={"INVOKE_LOCAL_RUNS_DIR": str(tmp_path / "runs"),
+                                  "INVOKE_LOCAL_CACHE_DIR": str(tmp_path / "cache")})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr
     run_dir = Path(run_dir_of(result.stdout))
     outputs = run_dir / "outputs"
@@ -134,7 +136,7 @@ def test_a_container_docker_refuses_leaves_no_run_folder_and_no_container(cpu_im
     from tests.conftest import load_config
 
     cfg = load_config({"job": {"source_dir": "tests/docker/probe", "script": "probe.py", "experiment": "probe"},
-                       "local": {"runs_dir": str(tmp_path / "runs")}})
+                       "local": {"runs_dir": str(tmp_path / "runs"), "cache_dir": str(tmp_path / "cache")}})
     job = config.job_spec(cfg, ROOT)
     run_id = f"probe_conflict_{os.getpid()}"
     request = localrun.local_request(job, cpu_image, config.local_settings(cfg, ROOT), run_id=run_id)
@@ -149,9 +151,25 @@ def test_a_container_docker_refuses_leaves_no_run_folder_and_no_container(cpu_im
         squatter.remove(force=True)
 
 
-def test_baked_code_runs_from_the_image_not_from_the_working_tree(cpu_image, probe_env, tmp_path):
+@pytest.fixture
+def restore_latest_code_tag(cpu_image, docker_client):
+    """The bake test moves <cpu image>-code-latest: put back what the user had, remove what the test made."""
+    latest = f"{cpu_image}-code-latest"
+    before = docker_client.images.get(latest).id if engine.image_exists(docker_client, latest) else None
+    yield
+    for image in docker_client.images.list(name=cpu_image.split(":")[0]):
+        for tag in image.tags:
+            if tag.startswith(f"{cpu_image}-code-") and image.id != before:
+                docker_client.images.remove(tag, force=True)
+    if before:
+        docker_client.images.get(before).tag(*latest.rsplit(":", 1))
+
+
+def test_baked_code_runs_from_the_image_not_from_the_working_tree(cpu_image, probe_env, tmp_path,
+                                                                  restore_latest_code_tag):
     source = tmp_path / "src"
     shutil.copytree(ROOT / "tests/docker/probe", source)
+    (source / "unique.txt").write_text(str(tmp_path))  # a snapshot no earlier run has baked
     env = {**probe_env, "INVOKE_JOB_SOURCE_DIR": str(source)}
     first = invoke("build", "--bake", env=env)
     assert first.returncode == 0, first.stdout + first.stderr
@@ -166,5 +184,5 @@ def test_baked_code_runs_from_the_image_not_from_the_working_tree(cpu_image, pro
         report = json.loads((Path(run_dir_of(result.stdout)) / "outputs/probe.json").read_text())
         assert report["cwd_writable"] == "yes"
         runs[mode] = report["files"]
-    assert runs["--baked"] == [".amlignore", "probe.py"]
-    assert runs["--working-tree"] == [".amlignore", "added_after_bake.py", "probe.py"]
+    assert runs["--baked"] == [".amlignore", "probe.py", "unique.txt"]
+    assert runs["--working-tree"] == [".amlignore", "added_after_bake.py", "probe.py", "unique.txt"]

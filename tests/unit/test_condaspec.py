@@ -48,7 +48,11 @@ def test_script_prints_requirements(tmp_path, capsys):
     ("3.11.*", (3, 11, 2), True),
     (">=3.10,<3.12", (3, 12, 1), False),
     (">=3.10, <3.13", (3, 12, 1), True),
-    ("!=3.11", (3, 11, 7), False),
+    ("!=3.11.*", (3, 11, 7), False),
+    (">3.10", (3, 10, 14), True),
+    ("<=3.10", (3, 10, 14), False),
+    ("==3.10.14", (3, 10, 14), True),
+    ("3.10.*=*_cpython", (3, 10, 14), True),
     ("", (3, 9, 0), True),
 ])
 def test_python_constraints_are_checked_against_the_base_interpreter(constraint, version, ok):

@@ -142,9 +142,23 @@ def test_ca_bundle_must_exist(tmp_path):
     ("0,1", "gpu", 4, "0,1"),
 ])
 def test_gpus_follow_the_target_and_the_host(setting, target, host_gpus, expected):
-    assert config.gpus_for(load_config({"local": {"gpus": setting}}), target, host_gpus) == expected
+    assert config.gpus_for(load_config({"local": {"gpus": setting}}), target, lambda: host_gpus) == expected
 
 
-def test_bad_gpus_setting_is_refused():
-    with pytest.raises(ToolkitError, match="not auto, none, all"):
-        config.gpus_for(load_config({"local": {"gpus": "many"}}), "gpu", 1)
+def test_device_zero_means_device_zero_and_the_host_is_asked_only_when_it_matters():
+    def no_probe():
+        raise AssertionError("nvidia-smi should not run")
+
+    assert config.gpus_for(load_config({"local": {"gpus": 0}}), "gpu", no_probe) == "0"
+    assert config.gpus_for(load_config({"local": {"gpus": "auto"}}), "cpu", no_probe) == ""
+
+
+@pytest.mark.parametrize("value, message", [("many", "not auto, none, all"), (False, "ambiguous")])
+def test_bad_gpus_setting_is_refused(value, message):
+    with pytest.raises(ToolkitError, match=message):
+        config.gpus_for(load_config({"local": {"gpus": value}}), "gpu", lambda: 1)
+
+
+def test_cache_dir_expands_the_home_folder():
+    settings = config.local_settings(load_config({"local": {"cache_dir": "~/amltrain-cache"}}), ROOT)
+    assert settings.cache_dir == Path.home().resolve() / "amltrain-cache"
