@@ -101,6 +101,23 @@ def build(c, target="cpu", bake=False, no_cache=False, dry_run=False):
         _report(code.image, images.build_code(code), started)
 
 
+@task(help={"dry-run": "List the images it would remove and remove nothing"})
+@one_line_errors
+def prune_images(c, dry_run=False):
+    """Remove this project's images that no current target uses (old content-addressed tags)."""
+    keep = set()
+    for target in config.targets(c.config):
+        ref = images.image_ref(config.image_spec(c.config, target, ROOT))
+        keep |= {ref, images.latest_code_ref(ref)}
+    repository = str(config.section(c.config, "images").get("repository") or "amltrain")
+    stale = images.stale_images(repository, keep)
+    for ref in stale:
+        print(f"{'would remove' if dry_run else 'removing'} {ref}")
+    if not dry_run:
+        images.remove_images(stale)
+    print(f"{len(stale)} stale image(s){' (dry run)' if dry_run else ' removed'}; kept the current ones")
+
+
 @task(help={"target": "Image flavour (default: job.target)",
             "dry-run": "Accepted for symmetry: this task only computes and prints"})
 @one_line_errors

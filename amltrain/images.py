@@ -306,3 +306,21 @@ def latest_code_image(base: str) -> str:
         raise ToolkitError(f"no code image baked on {base}", "run `invoke build --bake` first")
     tags = sorted(t for t in client.images.get(ref).tags if t.startswith(f"{base}-code-") and t != ref)
     return tags[0] if tags else ref
+
+
+def stale_images(repository: str, keep: set[str]) -> list[str]:
+    """Tags of ``repository`` that no current target uses: what each change of Dockerfile, spec or code
+    leaves behind (content-addressed tags are never overwritten). ``keep`` holds the current references."""
+    client = engine.connect()
+    keep = set(keep)
+    for ref in list(keep):  # a -code-latest keeps the content tag it points at
+        if ref.endswith("-code-latest") and engine.image_exists(client, ref):
+            keep.update(client.images.get(ref).tags)
+    tags = [tag for image in client.images.list(name=repository) for tag in image.tags]
+    return sorted(tag for tag in tags if tag.rpartition(":")[0] == repository and tag not in keep)
+
+
+def remove_images(refs: list[str]) -> None:
+    client = engine.connect()
+    for ref in refs:
+        client.images.remove(ref)

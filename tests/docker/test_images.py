@@ -145,3 +145,21 @@ def test_unpullable_base_through_the_cli(docker_client):
     error_lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert error_lines[-1].startswith("error: base image registry.invalid/x:1 cannot be pulled")
     assert "Traceback" not in result.stderr
+
+
+def test_prune_images_removes_only_tags_no_target_uses(cpu_image, gpu_image, docker_client):
+    repository = cpu_image.split(":")[0]
+    stale = f"{repository}:cpu-000000000000"
+    docker_client.images.get(cpu_image).tag(repository, tag="cpu-000000000000")  # an "old build"
+    try:
+        dry = invoke("prune-images", "--dry-run")
+        assert dry.returncode == 0, dry.stderr
+        assert f"would remove {stale}" in dry.stdout and cpu_image not in dry.stdout and gpu_image not in dry.stdout
+        assert engine.image_exists(docker_client, stale)
+        result = invoke("prune-images")
+        assert result.returncode == 0, result.stderr
+        assert not engine.image_exists(docker_client, stale)
+        assert engine.image_exists(docker_client, cpu_image) and engine.image_exists(docker_client, gpu_image)
+    finally:
+        if engine.image_exists(docker_client, stale):
+            docker_client.images.remove(stale)

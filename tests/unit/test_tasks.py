@@ -23,10 +23,12 @@ def task_names() -> list[str]:
 
 
 def test_the_tasks_a_user_needs_exist():
-    assert {"build", "run-local", "smoke", "standin-base", "fowl-data", "image-ref"} <= set(task_names())
+    expected = {"build", "run-local", "smoke", "standin-base", "fowl-data", "image-ref", "prune-images"}
+    assert expected <= set(task_names())
 
 
-@pytest.mark.parametrize("name", ["build", "run-local", "smoke", "standin-base", "fowl-data", "image-ref"])
+@pytest.mark.parametrize("name", ["build", "run-local", "smoke", "standin-base", "fowl-data", "image-ref",
+                                  "prune-images"])
 def test_every_task_has_help_for_every_option_and_a_dry_run(name):
     result = invoke(name, "--help")
     assert result.returncode == 0
