@@ -16,7 +16,7 @@ from typing import Any
 
 from . import condaspec
 from .errors import ToolkitError
-from .spec import BuildSettings, ImageSpec, JobSpec, LocalSettings, frozen_map
+from .spec import BuildSettings, ImageSpec, JobSpec, LocalSettings, frozen_map, mask_url_credentials
 
 
 def load(root: Path, overrides: Mapping[str, Any] | None = None):
@@ -97,7 +97,7 @@ def image_spec(cfg: Mapping[str, Any], target: str, root: Path) -> ImageSpec:
     if not base:
         raise ToolkitError(f"images.{target}.base_image is not set", "set it in invoke.yaml or INVOKE_IMAGES_*")
     torch_index_url = str(image.get("torch_index_url") or "")
-    if re.search(r"://[^/@\s]+@", torch_index_url):
+    if mask_url_credentials(torch_index_url) != torch_index_url:
         raise ToolkitError(f"images.{target}.torch_index_url carries credentials; as a build argument it "
                            "would land in docker history", "put a private index in build.pip_extra_index_urls")
     return ImageSpec(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from .errors import ToolkitError
 
 ENGINE_HINT = "start it (e.g. `sudo dockerd &` or `sudo systemctl start docker`) or set DOCKER_HOST"
@@ -24,8 +26,9 @@ def _client_from_context():
                                use_ssh_client=context.Host.startswith("ssh://"))
 
 
+@functools.lru_cache(maxsize=1)
 def connect():
-    """A docker-py client that has answered a ping."""
+    """A docker-py client that has answered a ping; made once per process (a failure is not remembered)."""
     import docker
 
     try:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from . import engine, snapshot
 from .errors import ToolkitError
-from .spec import BuildSettings, ImageSpec
+from .spec import BuildSettings, ImageSpec, mask_url_credentials
 
 STAGE = "deps"
 # Files the Dockerfiles bind-mount into the dependency step: they determine the image as much as the spec.
@@ -80,10 +80,6 @@ def pip_conf(settings: BuildSettings) -> str:
         if values:
             lines.append(f"{key} = " + "\n    ".join(values))
     return "[global]\n" + "\n".join(lines) + "\n" if lines else ""
-
-
-def mask_url_credentials(text: str) -> str:
-    return re.sub(r"(://)[^/@\s]+@", r"\1****@", text)
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from . import engine, snapshot
 from .errors import ToolkitError
-from .spec import ContainerRequest, JobSpec, LocalRequest, LocalSettings, Mount, frozen_map
+from .spec import ContainerRequest, JobSpec, LocalRequest, LocalSettings, Mount, frozen_map, mask_url_credentials
 
 WORKDIR = "/mnt/azureml/wd"
 INPUTS_ROOT = "/mnt/azureml/inputs"
@@ -127,7 +127,7 @@ def local_request(job: JobSpec, image: str, settings: LocalSettings, run_id: str
 def mask(name: str, value: str) -> str:
     if SECRET_NAME.search(name) or SECRET_VALUE.search(value):
         return "****"
-    return re.sub(r"(://)[^/@\s]+@", r"\1****@", value)
+    return mask_url_credentials(value)
 
 
 def describe(request: LocalRequest) -> dict:

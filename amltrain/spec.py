@@ -6,10 +6,16 @@ into requests (plain data, what ``--dry-run`` prints) and execute those. Nothing
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
+
+
+def mask_url_credentials(text: str) -> str:
+    """``https://user:pass@host`` -> ``https://****@host``: for anything printed or recorded."""
+    return re.sub(r"(://)[^/@\s]+@", r"\1****@", text)
 
 
 def frozen_map(values: Mapping[str, str] | None = None) -> Mapping[str, str]:

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from amltrain import config
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def copy_project(dst: Path, names: tuple[str, ...]) -> Path:
+    """Copy files and folders of the project into ``dst``, so a test can change them freely."""
+    for name in names:
+        src, target = ROOT / name, dst / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(src, target) if src.is_dir() else shutil.copy(src, target)
+    return dst
 
 
 def load_config(overrides: dict | None = None):

@@ -1,4 +1,3 @@
-import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -6,17 +5,13 @@ import pytest
 
 from amltrain import images
 from amltrain.spec import BuildSettings, ImageSpec
-from tests.conftest import ROOT
+from tests.conftest import copy_project
 
 
 @pytest.fixture
 def project(tmp_path) -> Path:
     """A copy of what the image depends on, so tests can change any of it."""
-    for name in ("Dockerfile.cpu", "conda", "amltrain/condaspec.py"):
-        src, dst = ROOT / name, tmp_path / name
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(src, dst) if src.is_dir() else shutil.copy(src, dst)
-    return tmp_path
+    return copy_project(tmp_path, ("Dockerfile.cpu", "conda", "amltrain/condaspec.py"))
 
 
 @pytest.fixture
