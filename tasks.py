@@ -15,7 +15,7 @@ from pathlib import Path
 
 from invoke import Exit, task
 
-from amltrain import config, engine, images, localrun, snapshot, standin
+from amltrain import config, engine, images, localcontrol, localrun, snapshot, standin
 from amltrain.errors import ToolkitError
 
 ROOT = Path(__file__).resolve().parent
@@ -39,7 +39,11 @@ def one_line_errors(body):
 def _print_yaml(data) -> None:
     import yaml
 
-    print(yaml.safe_dump(data, sort_keys=False, width=1000), end="")
+    class Plain(yaml.SafeDumper):  # repeated values printed in full, not as &anchors
+        def ignore_aliases(self, data):
+            return True
+
+    print(yaml.dump(data, Dumper=Plain, sort_keys=False, width=1000), end="")
 
 
 @task(help={"force": "Remake the image even if it exists",
@@ -127,19 +131,24 @@ def image_ref(c, target=None, dry_run=False):
     print(images.image_ref(config.image_spec(c.config, target, ROOT)))
 
 
-def _run_local(c, *, target, script, args, inputs, env, user, dry_run, inputs_made_later=False, baked=False):
+def _run_local(c, *, target, script, args, inputs, env, user, dry_run, inputs_made_later=False, baked=False,
+               command=None, launch=None, nodes=None, procs_per_node=None):
     job = config.job_spec(c.config, ROOT, target=target, script=script, arguments=args, inputs=inputs, env=env,
+                          command=command, launch=launch, nodes=nodes, procs_per_node=procs_per_node,
                           require_inputs=not inputs_made_later)
     image = images.image_ref(config.image_spec(c.config, job.target, ROOT))
     if baked:
         image = images.latest_code_image(image)
-    gpus = config.gpus_for(c.config, job.target, engine.host_gpu_count)
+    gpus = config.node_gpus(config.gpus_for(c.config, job.target, engine.host_gpu_count), job.distribution,
+                            engine.host_gpu_count)
     request = localrun.local_request(job, image, config.local_settings(c.config, ROOT, user, gpus),
                                      code_in_image=images.CODE_ROOT if baked else "")
     if dry_run:
         _print_yaml(localrun.describe(request))
         return
-    print(f"run {request.run_id}: {image}, results in {request.run_dir}", flush=True)
+    d = job.distribution
+    shape = "" if d.single_process else f", {d.nodes} node(s) x {d.procs_per_node} process(es), {d.launch}"
+    print(f"run {request.run_id}: {image}{shape}, results in {request.run_dir}", flush=True)
     started = time.monotonic()
     localrun.run(request)
     print(f"run {request.run_id} completed in {time.monotonic() - started:.1f} s; outputs in "
@@ -154,13 +163,81 @@ def _run_local(c, *, target, script, args, inputs, env, user, dry_run, inputs_ma
             "env": "Environment variable NAME=VALUE for the script (repeatable)",
             "user": "UID:GID the container runs as (default: yours, so outputs are yours)",
             "baked": "Run the newest code image of `build --bake` (its snapshot) instead of the working tree",
-            "dry-run": "Print the exact container request (secrets masked) and run nothing"})
+            "nodes": "Simulated nodes, one container each (default: job.distribution.nodes, 1)",
+            "procs-per-node": "Processes per node (default: job.distribution.procs_per_node, 1); on a GPU "
+                              "host each needs its own GPU",
+            "launch": "per-process (Azure ML starts every rank), per-node (your --command once per node, "
+                      "e.g. torchrun) or mpi (mpirun, for Horovod); default job.distribution.launch",
+            "command": "Shell command run instead of `python SCRIPT ARGS` ($VARS expand in the container)",
+            "dry-run": "Print every container request, the network and each rank's environment (secrets "
+                       "masked) and run nothing"})
 @one_line_errors
 def run_local(c, target=None, script=None, args=None, input=None, env=None, user=None, baked=False,
-              dry_run=False):
-    """Run the job in local Docker, in the same image and with the same runtime contract as Azure ML."""
+              nodes=None, procs_per_node=None, launch=None, command=None, dry_run=False):
+    """Run the job in local Docker as Azure ML runs it: one process, or simulated nodes (DDP, torchrun, MPI).
+
+    Same image, same runtime contract (working dir, outputs/, logs/, environment, shm) as a cluster run.
+    """
     _run_local(c, target=target, script=script, args=args, inputs=input or [], env=env or [], user=user,
-               dry_run=dry_run, baked=baked)
+               dry_run=dry_run, baked=baked, nodes=nodes, procs_per_node=procs_per_node, launch=launch,
+               command=command)
+
+
+def _runs_dir(c) -> Path:
+    return config.local_settings(c.config, ROOT).runs_dir
+
+
+@task(help={"dry-run": "Accepted for symmetry: this task only reads"})
+@one_line_errors
+def local_status(c, dry_run=False):
+    """List local runs: running ones (from Docker, any shell) and the newest finished ones (runs folder)."""
+    rows = localcontrol.status(engine.connect(), _runs_dir(c))
+    if not rows:
+        print(f"no local runs running or in {_runs_dir(c)}")
+    for row in rows:
+        print(f"{row['run_id']:<44} {row['status']:<10} {row['detail']}")
+
+
+@task(help={"run": "Run id (see local-status)",
+            "rank": "Only this rank's log (std_log_process_<rank>.txt)",
+            "follow": "Keep printing until the run ends",
+            "dry-run": "Print which log files it would read and read nothing"})
+@one_line_errors
+def local_logs(c, run, rank=None, follow=False, dry_run=False):
+    """Print a local run's logs, every rank's (prefixed) or one rank's; --follow a running one."""
+    if rank is not None and not str(rank).isdigit():
+        raise ToolkitError(f"--rank {rank!r} is not a rank number", "e.g. --rank 0")
+    client = engine.connect()
+    folder = localcontrol.run_dir(client, _runs_dir(c), run)
+    rank = int(rank) if rank is not None else None
+    if dry_run:
+        for _, path in localcontrol.rank_logs(folder, rank):
+            print(f"would read {path}")
+        return
+    localcontrol.print_logs(client, folder, rank, follow, sys.stdout)
+
+
+@task(help={"run": "Run id (see local-status)",
+            "all": "Cancel every running local run",
+            "dry-run": "Print which runs it would cancel and stop nothing"})
+@one_line_errors
+def local_cancel(c, run=None, all=False, dry_run=False):
+    """Stop a running local run from any shell: all its containers and its network; results are kept."""
+    if bool(run) == bool(all):
+        raise ToolkitError("name one run (--run ID) or give --all", "`invoke local-status` lists the runs")
+    client = engine.connect()
+    if dry_run:
+        running = localcontrol.active_runs(client)
+        if run and run not in running:
+            raise ToolkitError(f"no local run {run!r} is running", "`invoke local-status` lists the runs")
+        for rid in [run] if run else sorted(running):
+            print(f"would cancel {rid}: {len(running[rid])} container(s) and its network")
+        return
+    cancelled = localcontrol.cancel(client, run)
+    for rid in cancelled:
+        print(f"cancelled {rid}: containers and network removed; results kept")
+    if not cancelled:
+        print("no local runs running")
 
 
 @task(help={"out": "Dataset folder (default: smoke.data_dir)",

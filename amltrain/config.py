@@ -16,7 +16,16 @@ from typing import Any
 
 from . import condaspec
 from .errors import ToolkitError
-from .spec import BuildSettings, ImageSpec, JobSpec, LocalSettings, frozen_map, mask_url_credentials
+from .spec import (
+    LAUNCH_MODES,
+    BuildSettings,
+    Distribution,
+    ImageSpec,
+    JobSpec,
+    LocalSettings,
+    frozen_map,
+    mask_url_credentials,
+)
 
 
 def load(root: Path, overrides: Mapping[str, Any] | None = None):
@@ -109,7 +118,17 @@ def image_spec(cfg: Mapping[str, Any], target: str, root: Path) -> ImageSpec:
         base_image=base,
         torch_index_url=torch_index_url,
         system_packages=words(image.get("system_packages")),
+        horovod_version=str(image.get("horovod_version") or ""),
+        horovod_gpu_operations=_horovod_gpu_operations(image.get("horovod_gpu_operations"), target),
     )
+
+
+def _horovod_gpu_operations(value: Any, target: str) -> str:
+    value = str(value or "").strip().upper()
+    if value not in ("", "NCCL"):
+        raise ToolkitError(f"images.{target}.horovod_gpu_operations {value!r} is not NCCL or empty",
+                           "NCCL for a CUDA base with nvcc; empty for CPU operations")
+    return value
 
 
 def build_settings(cfg: Mapping[str, Any]) -> BuildSettings:
@@ -140,6 +159,10 @@ def job_spec(
     arguments: str | None = None,
     inputs: Iterable[str] = (),
     env: Iterable[str] = (),
+    command: str | None = None,
+    launch: str | None = None,
+    nodes: int | str | None = None,
+    procs_per_node: int | str | None = None,
     require_inputs: bool = True,
 ) -> JobSpec:
     """The job from ``job:`` in the configuration; task options win over it.
@@ -150,10 +173,13 @@ def job_spec(
     source_dir = (root / str(job.get("source_dir") or ".")).resolve()
     if not source_dir.is_dir():
         raise ToolkitError(f"source directory {source_dir} does not exist", "set job.source_dir")
-    script = script or str(job.get("script") or "")
-    if not script:
-        raise ToolkitError("no training script given", "use --script or set job.script")
-    if not (source_dir / script).is_file():
+    command = str(command if command is not None else job.get("command") or "").strip()
+    distribution = distribution_spec(section(job, "distribution"), launch=launch, nodes=nodes,
+                                     procs_per_node=procs_per_node, command=command)
+    script = "" if command else script or str(job.get("script") or "")  # a command replaces the script
+    if not script and not command:
+        raise ToolkitError("no training script given", "use --script or set job.script (or give --command)")
+    if script and not (source_dir / script).is_file():
         raise ToolkitError(f"script {script} not found in source directory {source_dir}",
                            "the script path is relative to job.source_dir")
     configured = key_values((f"{k}={v}" for k, v in section(job, "inputs").items()), "input")
@@ -173,7 +199,34 @@ def job_spec(
         inputs=frozen_map(resolved),
         environment=frozen_map({**key_values((f"{k}={v}" for k, v in section(job, "environment").items()), "env"),
                                 **key_values(env, "env")}),
+        command=command,
+        distribution=distribution,
     )
+
+
+def _count(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not str(value).strip().isdigit() or int(value) < 1:
+        raise ToolkitError(f"{what} must be a whole number of at least 1, got {value!r}", f"e.g. --{what} 2")
+    return int(value)
+
+
+def distribution_spec(configured: Mapping[str, Any], *, launch: str | None = None, nodes: Any = None,
+                      procs_per_node: Any = None, command: str = "") -> Distribution:
+    """``job.distribution`` (launch, nodes, procs_per_node) with task options winning; refuses what Azure ML
+    would refuse, before anything starts."""
+    launch = str(launch or configured.get("launch") or "per-process").strip().lower()
+    if launch not in LAUNCH_MODES:
+        raise ToolkitError(f"unknown launch mode {launch!r}", f"use one of: {', '.join(LAUNCH_MODES)}")
+    result = Distribution(
+        launch=launch,
+        nodes=_count(nodes if nodes is not None else configured.get("nodes", 1), "nodes"),
+        procs_per_node=_count(procs_per_node if procs_per_node is not None else configured.get("procs_per_node", 1),
+                              "procs-per-node"),
+    )
+    if launch == "per-node" and not command:
+        raise ToolkitError("--launch per-node starts your --command once per node, and no command was given",
+                           'e.g. --command "torchrun --nnodes $WORLD_SIZE --node_rank $NODE_RANK … train/x.py"')
+    return result
 
 
 def gpus_for(cfg: Mapping[str, Any], target: str, count_host_gpus: Callable[[], int]) -> str:
@@ -195,7 +248,29 @@ def gpus_for(cfg: Mapping[str, Any], target: str, count_host_gpus: Callable[[], 
     raise ToolkitError(f"local.gpus {value!r} is not auto, none, all or device ids", "e.g. 0,1")
 
 
-def local_settings(cfg: Mapping[str, Any], root: Path, user: str | None = None, gpus: str = "") -> LocalSettings:
+def node_gpus(gpus: str, distribution: Distribution, count_host_gpus: Callable[[], int]) -> tuple[str, ...]:
+    """Each node's GPUs: disjoint slices of the selected ones, never every GPU in every container.
+
+    More processes per node than GPUs per node is refused here, before anything starts: on a cluster it is
+    NCCL's "duplicate GPU detected" failure. ``gpus`` is what ``gpus_for`` chose; "" means a CPU run.
+    """
+    if not gpus:
+        return ("",) * distribution.nodes
+    if gpus == "all" and distribution.nodes == 1 and distribution.procs_per_node == 1:
+        return ("all",)
+    ids = [str(i) for i in range(count_host_gpus())] if gpus == "all" else gpus.split(",")
+    share = len(ids) // distribution.nodes
+    if share < distribution.procs_per_node:
+        raise ToolkitError(
+            f"{distribution.procs_per_node} processes per node need {distribution.procs_per_node} GPUs per node, "
+            f"but {len(ids)} GPU(s) over {distribution.nodes} node(s) give {share} each",
+            "NCCL would fail with a duplicate GPU; lower --procs-per-node or --nodes, or set local.gpus=none "
+            "for a CPU (gloo) run")
+    return tuple(",".join(ids[i * share:(i + 1) * share]) for i in range(distribution.nodes))
+
+
+def local_settings(cfg: Mapping[str, Any], root: Path, user: str | None = None,
+                   gpus: tuple[str, ...] = ()) -> LocalSettings:
     local = section(cfg, "local")
     user = user or str(local.get("user") or "") or f"{os.getuid()}:{os.getgid()}"
     uid, _, gid = user.partition(":")

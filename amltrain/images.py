@@ -26,7 +26,7 @@ from .spec import BuildSettings, ImageSpec, mask_url_credentials
 
 STAGE = "deps"
 # Files the Dockerfiles bind-mount into the dependency step: they determine the image as much as the spec.
-HELPERS = ("conda/install-deps.sh", "amltrain/condaspec.py")
+HELPERS = ("conda/install-deps.sh", "conda/install-horovod.sh", "amltrain/condaspec.py")
 CONTENT_LABEL = "amltrain.content-hash"
 # The Dockerfiles bind-mount this context folder into the install step; build.wheelhouse is linked into it.
 WHEELHOUSE = ".wheelhouse"
@@ -43,6 +43,8 @@ def build_args(spec: ImageSpec) -> dict[str, str]:
         "CONDA_SPEC": spec.conda_spec.relative_to(spec.context).as_posix(),
         "TORCH_INDEX_URL": spec.torch_index_url,
         "SYSTEM_PACKAGES": " ".join(spec.system_packages),
+        "HOROVOD_VERSION": spec.horovod_version,
+        "HOROVOD_GPU_OPERATIONS": spec.horovod_gpu_operations,
     }
 
 

@@ -111,3 +111,18 @@ def tar_archive(source_dir: Path, names: tuple[str, ...], target: str, uid: int,
                     tar.add(source_dir / sub, arcname=f"{root}/{sub}", recursive=False, filter=owned)
             tar.add(source_dir / name, arcname=f"{root}/{name}", recursive=False, filter=owned)
     return buffer.getvalue()
+
+
+def files_archive(target: str, files: dict[str, bytes], uid: int, gid: int) -> bytes:
+    """A tar of a few in-memory files in folder ``target``, readable by uid:gid only."""
+    buffer = io.BytesIO()
+    root = target.strip("/")
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        top = tarfile.TarInfo(root)
+        top.type, top.mode, top.uid, top.gid = tarfile.DIRTYPE, 0o700, uid, gid
+        tar.addfile(top)
+        for name, data in files.items():
+            info = tarfile.TarInfo(f"{root}/{name}")
+            info.size, info.mode, info.uid, info.gid = len(data), 0o600, uid, gid
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()

@@ -34,6 +34,8 @@ class ImageSpec:
     base_image: str
     torch_index_url: str = ""
     system_packages: tuple[str, ...] = ()
+    horovod_version: str = ""  # built from source in the image; "" for none
+    horovod_gpu_operations: str = ""  # "NCCL" (needs nvcc in the base) or "" (CPU operations)
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,39 @@ class BuildSettings:
     wheelhouse: str = ""  # a host folder of wheels, mounted into the install step as a find-links folder
 
 
+LAUNCH_MODES = ("per-process", "per-node", "mpi")
+
+
+@dataclass(frozen=True)
+class Distribution:
+    """How many processes on how many nodes, and who starts them; the same words for ``run-local`` and
+    ``submit``.
+
+    - ``per-process``: the platform starts ``procs_per_node`` processes on each node, each with ``RANK`` and
+      ``LOCAL_RANK`` (Azure ML's ``PyTorchConfiguration(process_count, node_count)``);
+    - ``per-node``: the platform starts the job's ``command`` once per node and a launcher in it (torchrun)
+      starts ``procs_per_node`` processes (``PyTorchConfiguration(node_count)`` with a command);
+    - ``mpi``: ``mpirun`` starts ``procs_per_node`` processes per node (``MpiConfiguration``), for Horovod.
+    """
+
+    launch: str = "per-process"
+    nodes: int = 1
+    procs_per_node: int = 1
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.procs_per_node
+
+    @property
+    def processes_started_per_node(self) -> int:
+        """What the platform itself starts on a node (per-node leaves the rest to the user's launcher)."""
+        return 1 if self.launch == "per-node" else self.procs_per_node
+
+    @property
+    def single_process(self) -> bool:
+        return self.launch == "per-process" and self.world_size == 1
+
+
 @dataclass(frozen=True)
 class JobSpec:
     """One training job, defined once: ``run-local`` runs it in Docker, ``submit`` sends it to Azure ML.
@@ -67,6 +102,8 @@ class JobSpec:
     arguments: tuple[str, ...] = ()
     inputs: Mapping[str, Path] = field(default_factory=frozen_map)
     environment: Mapping[str, str] = field(default_factory=frozen_map)
+    command: str = ""  # a shell command run instead of ``python script arguments`` (e.g. torchrun …)
+    distribution: Distribution = field(default_factory=Distribution)
 
 
 @dataclass(frozen=True)
@@ -75,7 +112,7 @@ class LocalSettings:
     shm_size: str = "2g"
     user: str = ""  # "uid:gid" the container runs as; outputs on the host belong to it
     master_port: int = 6105  # what Azure ML's PyTorchConfiguration gives
-    gpus: str = ""  # "" none, "all", or device ids "0,1"
+    gpus: tuple[str, ...] = ()  # per node: "" none, "all", or device ids "0,1" (disjoint between nodes)
     cache_dir: Path | None = None  # kept across runs: downloaded data and weights
 
 
@@ -101,11 +138,14 @@ class ContainerRequest:
     mounts: tuple[Mount, ...]
     labels: Mapping[str, str]
     gpus: str = ""  # "" none, "all", or device ids "0,1"
+    network: str = ""  # the run's private network; ``hostname`` is this container's name on it
+    plan: str = ""  # JSON: what the in-container launcher starts (amltrain/launcher.py)
 
 
 @dataclass(frozen=True)
 class LocalRequest:
-    """A local run: the containers to start, the snapshot copied into each, and where results land."""
+    """A local run: one container per node on a private network, the snapshot copied into each, and where
+    results land."""
 
     run_id: str
     run_dir: Path
@@ -114,3 +154,5 @@ class LocalRequest:
     containers: tuple[ContainerRequest, ...]
     cache_dir: Path | None = None
     code_in_image: str = ""  # baked code: the snapshot is copied from this folder of the image, not the host
+    network: str = ""
+    distribution: Distribution = field(default_factory=Distribution)

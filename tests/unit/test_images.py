@@ -26,7 +26,8 @@ def test_tag_is_stable_for_the_same_inputs(spec):
     assert images.image_ref(spec).startswith("amltrain/train:cpu-")
 
 
-@pytest.mark.parametrize("path", ["Dockerfile.cpu", "conda/cpu.yml", "conda/install-deps.sh", "amltrain/condaspec.py"])
+@pytest.mark.parametrize("path", ["Dockerfile.cpu", "conda/cpu.yml", "conda/install-deps.sh",
+                                  "conda/install-horovod.sh", "amltrain/condaspec.py"])
 def test_tag_changes_when_a_file_that_determines_the_image_changes(spec, path):
     before = images.content_hash(spec)
     with open(spec.context / path, "a") as f:
@@ -76,6 +77,7 @@ def test_build_request_is_the_whole_command(spec):
         "--tag", f"amltrain/train:cpu-{digest[:12]}",
         "--build-arg", "BASE_IMAGE=example/base:1", "--build-arg", "CONDA_SPEC=conda/cpu.yml",
         "--build-arg", "TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu", "--build-arg", "SYSTEM_PACKAGES=",
+        "--build-arg", "HOROVOD_VERSION=", "--build-arg", "HOROVOD_GPU_OPERATIONS=",
         "--label", f"amltrain.content-hash={digest}", "--label", "amltrain.target=cpu",
         str(spec.context),
     )

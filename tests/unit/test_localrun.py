@@ -1,10 +1,12 @@
+import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from amltrain import localrun
 from amltrain.errors import ToolkitError
-from amltrain.spec import ContainerRequest, JobSpec, LocalSettings, Mount, frozen_map
+from amltrain.spec import ContainerRequest, Distribution, JobSpec, LocalSettings, Mount, frozen_map
 
 
 @pytest.fixture
@@ -32,20 +34,21 @@ def settings(tmp_path) -> LocalSettings:
 def test_request_is_exactly_azure_mls_single_node_contract(job, settings, tmp_path):
     request = localrun.local_request(job, "amltrain/train:cpu-abc", settings, run_id="fowl_1_ab")
     run_dir = tmp_path / "runs/fowl_1_ab"
-    assert request.run_dir == run_dir
+    assert request.run_dir == run_dir and request.network == "amltrain-fowl_1_ab"
     assert request.snapshot_files == ("train/job.py",)
-    assert request.containers == (ContainerRequest(
-        name="fowl_1_ab",
+    (container,) = request.containers
+    assert replace(container, plan="") == ContainerRequest(
+        name="fowl_1_ab-node-0",
         image="amltrain/train:cpu-abc",
-        command=("python", "train/job.py", "--data-dir", "/mnt/azureml/inputs/data", "--lr", "0.1"),
+        command=("python", "/mnt/azureml/.amltrain/launcher.py", "run"),
         working_dir="/mnt/azureml/wd",
-        hostname="fowl-1-ab",
+        hostname="node-0",
         user="1000:1000",
         shm_size="2g",
         environment=frozen_map({
             "MY_API_KEY": "abc", "FOO": "bar",
-            "MASTER_ADDR": "fowl-1-ab", "MASTER_PORT": "6105", "WORLD_SIZE": "1", "RANK": "0", "LOCAL_RANK": "0",
-            "NODE_RANK": "0", "AZUREML_RUN_ID": "fowl_1_ab", "AZUREML_ARM_PROJECT_NAME": "fowl",
+            "MASTER_ADDR": "node-0", "MASTER_PORT": "6105", "WORLD_SIZE": "1", "NODE_RANK": "0",
+            "AZUREML_RUN_ID": "fowl_1_ab", "AZUREML_ARM_PROJECT_NAME": "fowl",
             "AZUREML_NODE_COUNT": "1", "MLFLOW_TRACKING_URI": "file:///mnt/azureml/mlruns",
             "MLFLOW_EXPERIMENT_NAME": "fowl", "MLFLOW_ALLOW_FILE_STORE": "true",
             "AZUREML_DATAREFERENCE_data": "/mnt/azureml/inputs/data", "HOME": "/tmp",
@@ -57,8 +60,82 @@ def test_request_is_exactly_azure_mls_single_node_contract(job, settings, tmp_pa
             Mount(str(tmp_path / "fowl"), "/mnt/azureml/inputs/data", read_only=True),
         ),
         labels=frozen_map({"amltrain.run-id": "fowl_1_ab", "amltrain.node-rank": "0",
-                           "amltrain.experiment": "fowl"}),
-    ),)
+                           "amltrain.experiment": "fowl", "amltrain.run-dir": str(run_dir)}),
+        network="amltrain-fowl_1_ab",
+    )
+    assert json.loads(container.plan) == {
+        "mode": "run", "node_rank": 0, "prefix": False, "status_dir": "/mnt/azureml/wd/logs/system_logs/launcher",
+        "command": ["python", "train/job.py", "--data-dir", "/mnt/azureml/inputs/data", "--lr", "0.1"],
+        "processes": [{"rank": 0, "label": "rank 0", "env": {"RANK": "0", "LOCAL_RANK": "0"},
+                       "log": "/mnt/azureml/wd/logs/user_logs/std_log.txt"}],
+    }
+
+
+def distributed(job, launch, nodes, procs, command=""):
+    return replace(job, command=command, distribution=Distribution(launch, nodes, procs))
+
+
+def test_per_process_launch_gives_every_rank_its_own_variables(job, settings):
+    request = localrun.local_request(distributed(job, "per-process", 2, 2), "img", settings, run_id="r_1_a")
+    assert [c.hostname for c in request.containers] == ["node-0", "node-1"]
+    assert {c.network for c in request.containers} == {"amltrain-r_1_a"}
+    for node, container in enumerate(request.containers):
+        env = container.environment
+        assert (env["MASTER_ADDR"], env["MASTER_PORT"], env["WORLD_SIZE"], env["NODE_RANK"]) == \
+            ("node-0", "6105", "4", str(node))
+        assert env["AZUREML_NODE_COUNT"] == "2" and "RANK" not in env
+        plan = json.loads(container.plan)
+        assert plan["prefix"] is True
+        assert [(p["env"]["RANK"], p["env"]["LOCAL_RANK"], p["log"].rsplit("/", 1)[1]) for p in plan["processes"]] == [
+            (str(2 * node), "0", f"std_log_process_{2 * node}.txt"),
+            (str(2 * node + 1), "1", f"std_log_process_{2 * node + 1}.txt")]
+
+
+def test_per_node_launch_runs_the_command_once_per_node_in_a_shell(job, settings):
+    command = "torchrun --nproc_per_node 2 --node_rank $NODE_RANK ${{inputs.data}}"
+    request = localrun.local_request(distributed(job, "per-node", 2, 2, command), "img", settings)
+    for node, container in enumerate(request.containers):
+        assert container.environment["WORLD_SIZE"] == "2" and container.environment["NODE_RANK"] == str(node)
+        plan = json.loads(container.plan)
+        assert plan["command"] == ["/bin/sh", "-c",
+                                   "torchrun --nproc_per_node 2 --node_rank $NODE_RANK /mnt/azureml/inputs/data"]
+        assert plan["processes"] == [{"rank": node, "label": f"node {node}", "env": {},
+                                      "log": f"/mnt/azureml/wd/logs/user_logs/std_log_process_{node}.txt"}]
+
+
+def test_mpi_launch_runs_mpirun_on_node_0_and_serves_it_elsewhere(job, settings):
+    job = replace(job, environment=frozen_map({"MY_API_KEY": "abc"}))
+    request = localrun.local_request(distributed(job, "mpi", 2, 2), "img", settings)
+    head, worker = request.containers
+    for container in request.containers:
+        env = container.environment
+        assert env["AZ_BATCH_MASTER_NODE"] == "node-0:6105"
+        assert not {"MASTER_ADDR", "WORLD_SIZE", "RANK", "NODE_RANK"} & set(env)  # mpirun's variables instead
+    assert head.command[-1] == "mpirun" and worker.command[-1] == "serve"
+    plan = json.loads(head.plan)
+    assert plan["workers"] == ["node-1"]
+    assert plan["mpirun"][:7] == ["mpirun", "-np", "4", "--host", "node-0:2,node-1:2", "--bind-to", "none"]
+    assert "--allow-run-as-root" not in plan["mpirun"]  # runs as 1000
+    assert plan["mpirun"][-6:] == ["python", "train/job.py", "--data-dir", "/mnt/azureml/inputs/data", "--lr", "0.1"]
+    assert plan["mpirun_env"]["OMPI_MCA_plm_rsh_agent"].endswith("launcher.py rsh")
+    described = localrun.describe(request)["containers"][1]
+    assert described["ranks_set_by_mpirun"][1] == {
+        "OMPI_COMM_WORLD_RANK": "3", "OMPI_COMM_WORLD_SIZE": "4",
+        "OMPI_COMM_WORLD_LOCAL_RANK": "1", "OMPI_COMM_WORLD_LOCAL_SIZE": "2"}
+
+
+def test_single_node_mpi_names_the_master_as_azure_ml_does(job, settings):
+    (container,) = localrun.local_request(distributed(job, "mpi", 1, 2), "img", settings).containers
+    assert container.environment["AZ_BATCHAI_MPI_MASTER_NODE"] == "node-0"
+    assert "AZ_BATCH_MASTER_NODE" not in container.environment
+
+
+def test_dry_run_shows_every_container_and_each_ranks_environment(job, settings):
+    described = localrun.describe(localrun.local_request(distributed(job, "per-process", 2, 2), "img", settings))
+    assert described["network"].startswith("amltrain-") and (described["nodes"], described["procs_per_node"]) == (2, 2)
+    ranks = [p["environment"]["RANK"] for c in described["containers"] for p in c["processes"]]
+    assert ranks == ["0", "1", "2", "3"]
+    assert all(c["environment"]["MY_API_KEY"] == "****" for c in described["containers"])
 
 
 def test_building_a_request_touches_nothing(job, settings):
@@ -97,7 +174,7 @@ def test_run_ids_look_like_azure_mls_and_are_unique():
 
 
 def test_gpus_and_the_run_cache_reach_the_request(job, settings, tmp_path):
-    cached = LocalSettings(runs_dir=settings.runs_dir, user="1000:1000", gpus="0,1", cache_dir=tmp_path / "cache")
+    cached = LocalSettings(runs_dir=settings.runs_dir, user="1000:1000", gpus=("0,1",), cache_dir=tmp_path / "cache")
     request = localrun.local_request(job, "img", cached)
     container = request.containers[0]
     assert container.gpus == "0,1" and request.cache_dir == tmp_path / "cache"

@@ -1,0 +1,287 @@
+"""Inside each container of a local run: start the job's processes the way Azure ML starts them.
+
+It runs with the image's own ``python`` and the standard library only: ``localrun`` copies this file and
+the container's plan (``plan.json``, made on the host, printed by ``--dry-run``) into
+``/mnt/azureml/.amltrain/`` next to the snapshot, so images need nothing of ours. Modes:
+
+- ``run``: start the plan's processes (per-process launch: one per rank; per-node launch or a single
+  process: one), each with its own environment, its output teed to its ``std_log`` file and, prefixed
+  with its rank, to stdout. The first process to fail stops the others; its exit code becomes the
+  container's and its rank is recorded for the host to name.
+- ``mpirun``: node 0 of an MPI run: wait until every other node answers, then ``mpirun`` across them.
+- ``serve``: the other nodes of an MPI run: start what node 0's ``mpirun`` asks for through ``rsh``.
+- ``rsh HOST WORDS…``: ``mpirun``'s remote-shell agent (``plm_rsh_agent``) in place of ssh: no sshd in the
+  image, no keys; a per-run token that exists only inside the run's containers authenticates it.
+- ``rank -- COMMAND…``: wraps each process ``mpirun`` starts, like ``run`` does for one process.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+
+CONTROL_DIR = "/mnt/azureml/.amltrain"
+# Where this run's plan and token are: CONTROL_DIR in a container; tests point it elsewhere.
+HERE = os.environ.get("AMLTRAIN_CONTROL_DIR", CONTROL_DIR)
+PLAN = f"{HERE}/plan.json"
+TOKEN = f"{HERE}/token"
+WAIT_FOR_NODES_S = 120
+_write_lock = threading.Lock()
+
+
+def load_plan() -> dict:
+    with open(PLAN) as f:
+        return json.load(f)
+
+
+def exit_status(returncode: int) -> int:
+    """Popen's -N (killed by signal N) as a shell reports it: 128 + N."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def tee(stream, log_path: str, prefix: bytes) -> threading.Thread:
+    """Copy a child's output line by line into its log file (as is) and to stdout (prefixed)."""
+    def pump():
+        os.makedirs(os.path.dirname(log_path), exist_ok=True)
+        with open(log_path, "ab") as log:
+            for line in iter(stream.readline, b""):
+                log.write(line)
+                log.flush()
+                with _write_lock:
+                    sys.stdout.buffer.write(prefix + line if prefix else line)
+                    sys.stdout.buffer.flush()
+
+    thread = threading.Thread(target=pump, daemon=True)
+    thread.start()
+    return thread
+
+
+def record_failure(plan: dict, label: str, rank: int, code: int, log: str) -> None:
+    """What the host reads to say which rank failed first (the earliest record wins)."""
+    os.makedirs(plan["status_dir"], exist_ok=True)
+    record = {"label": label, "rank": rank, "node_rank": plan["node_rank"], "exit_code": code, "log": log,
+              "time": time.time()}
+    path = os.path.join(plan["status_dir"], f"{label.replace(' ', '_')}.json")
+    with open(path + ".tmp", "w") as f:
+        json.dump(record, f)
+    os.replace(path + ".tmp", path)
+
+
+def stop(children) -> None:
+    """Stop whole process groups (DataLoader workers, torchrun's children), politely first."""
+    for child in children:
+        if child.poll() is None:
+            try:
+                os.killpg(child.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    deadline = time.monotonic() + 5
+    for child in children:
+        try:
+            child.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(child.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+class Stopped(Exception):
+    def __init__(self, signum: int):
+        self.signum = signum
+
+
+def _raise_stopped(signum, frame):
+    raise Stopped(signum)
+
+
+def run(plan: dict) -> int:
+    """Start the processes of this node; the first failure stops the rest (a gang, like Azure ML's)."""
+    children, pumps = [], []
+    signal.signal(signal.SIGTERM, _raise_stopped)
+    signal.signal(signal.SIGINT, _raise_stopped)
+    try:
+        for proc in plan["processes"]:
+            child = subprocess.Popen(plan["command"], env={**os.environ, **proc["env"]}, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+            children.append(child)
+            prefix = f"[{proc['label']}] ".encode() if plan["prefix"] else b""
+            pumps.append(tee(child.stdout, proc["log"], prefix))
+        while True:
+            codes = [child.poll() for child in children]
+            for proc, code in zip(plan["processes"], codes, strict=True):
+                if code is not None and code != 0:
+                    status = exit_status(code)
+                    record_failure(plan, proc["label"], proc["rank"], status, proc["log"])
+                    stop(children)
+                    for pump in pumps:
+                        pump.join(2)
+                    return status
+            if all(code is not None for code in codes):
+                for pump in pumps:
+                    pump.join()
+                return 0
+            time.sleep(0.1)
+    except Stopped as stopped:
+        stop(children)
+        return 128 + stopped.signum
+
+
+def wait_for_nodes(hosts: list[str], port: int) -> None:
+    deadline = time.monotonic() + WAIT_FOR_NODES_S
+    for host in hosts:
+        while True:
+            try:
+                socket.create_connection((host, port), timeout=2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"amltrain launcher: node {host} did not answer on port {port} in "
+                                     f"{WAIT_FOR_NODES_S} s") from None
+                time.sleep(0.2)
+
+
+def run_mpirun(plan: dict) -> int:
+    """Node 0 of an MPI run: mpirun across all nodes; its output also goes to user_logs/mpi_log.txt."""
+    signal.signal(signal.SIGTERM, _raise_stopped)
+    wait_for_nodes(plan["workers"], plan["exec_port"])
+    child = subprocess.Popen(plan["mpirun"], env={**os.environ, **plan["mpirun_env"]}, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    pump = tee(child.stdout, plan["mpi_log"], b"")
+    try:
+        code = child.wait()
+    except (Stopped, KeyboardInterrupt):
+        stop([child])
+        return 143
+    pump.join(5)
+    return exit_status(code)
+
+
+# The rsh channel: the agent sends one JSON line {"token", "command"}; the server answers with frames
+# of one type byte and a 4-byte length: b"O" output bytes, b"X" the exit status as text.
+
+def _frame(kind: bytes, payload: bytes) -> bytes:
+    return kind + struct.pack("!I", len(payload)) + payload
+
+
+def _read_exact(conn, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = conn.recv(size - len(data))
+        if not chunk:
+            raise EOFError
+        data += chunk
+    return data
+
+
+def _session(conn, token: str) -> None:
+    """One remote command (an OpenMPI daemon): run it while the agent stays connected."""
+    with conn:
+        request = json.loads(conn.makefile("rb").readline(1 << 20) or b"{}")
+        if not hmac.compare_digest(str(request.get("token", "")), token):
+            conn.sendall(_frame(b"X", b"255"))
+            return
+        child = subprocess.Popen(["/bin/sh", "-c", request["command"]], stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+
+        def hang_up():  # the agent went away (mpirun ended or was killed): so does the daemon
+            try:
+                while conn.recv(1024):
+                    pass
+            except OSError:
+                pass
+            if child.poll() is None:
+                stop([child])
+
+        threading.Thread(target=hang_up, daemon=True).start()
+        try:
+            for chunk in iter(lambda: child.stdout.read1(65536), b""):
+                conn.sendall(_frame(b"O", chunk))
+            conn.sendall(_frame(b"X", str(exit_status(child.wait())).encode()))
+        except OSError:
+            stop([child])
+
+
+def serve(plan: dict) -> int:
+    """The other nodes of an MPI run: run what node 0's mpirun asks for, until the host stops the run."""
+    with open(TOKEN) as f:
+        token = f.read().strip()
+    server = socket.create_server(("", plan["exec_port"]), reuse_port=False)
+    while True:
+        conn, _ = server.accept()
+        threading.Thread(target=_session, args=(conn, token), daemon=True).start()
+
+
+def rsh(words: list[str]) -> int:
+    """Called by mpirun as ``AGENT HOST WORD…``, like ssh: run the words as a shell command on HOST."""
+    while words and words[0].startswith("-"):  # ssh-style options mpirun may add
+        words = words[1:]
+    host, command = words[0], " ".join(words[1:])
+    plan = load_plan()
+    with open(TOKEN) as f:
+        token = f.read().strip()
+    try:
+        conn = socket.create_connection((host, plan["exec_port"]), timeout=30)
+        conn.settimeout(None)
+        conn.sendall(json.dumps({"token": token, "command": command}).encode() + b"\n")
+        while True:
+            kind, size = struct.unpack("!cI", _read_exact(conn, 5))
+            payload = _read_exact(conn, size)
+            if kind == b"O":
+                sys.stdout.buffer.write(payload)
+                sys.stdout.buffer.flush()
+            else:
+                return int(payload)
+    except (OSError, EOFError) as exc:
+        print(f"amltrain rsh: {host}: {exc or 'connection closed'}", file=sys.stderr)
+        return 255
+
+
+def rank(command: list[str]) -> int:
+    """One process started by mpirun: its std_log_process_<rank>.txt, the rank prefix, its failure record."""
+    plan = load_plan()
+    world_rank = int(os.environ.get("OMPI_COMM_WORLD_RANK", "0"))
+    label = f"rank {world_rank}"
+    log = plan["rank_log"].format(rank=world_rank)
+    signal.signal(signal.SIGTERM, _raise_stopped)
+    signal.signal(signal.SIGINT, _raise_stopped)
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                             start_new_session=True)
+    pump = tee(child.stdout, log, f"[{label}] ".encode() if plan["prefix"] else b"")
+    try:
+        code = exit_status(child.wait())
+    except Stopped as stopped:
+        stop([child])
+        return 128 + stopped.signum
+    pump.join(5)
+    if code != 0:
+        record_failure(plan, label, world_rank, code, log)
+    return code
+
+
+def main(argv: list[str]) -> int:
+    mode, rest = (argv[0], argv[1:]) if argv else ("", [])
+    if mode == "run":
+        return run(load_plan())
+    if mode == "mpirun":
+        return run_mpirun(load_plan())
+    if mode == "serve":
+        return serve(load_plan())
+    if mode == "rsh":
+        return rsh(rest)
+    if mode == "rank":
+        return rank(rest[1:] if rest[:1] == ["--"] else rest)
+    print(f"amltrain launcher: unknown mode {mode!r}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,128 @@
+"""Find, follow and cancel local runs from any shell, with no state of our own.
+
+A running run is its containers and network, found by the ``amltrain.run-id`` label (TorchX's stateless
+control plane); a finished run is its folder, ``runs/<id>/``, whose ``result.json`` ``localrun`` writes
+at the end and whose ``logs/user_logs/`` hold every rank's log.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from .errors import ToolkitError
+from .localrun import CANCEL_MARK, LABEL_NODE_RANK, LABEL_RUN_DIR, LABEL_RUN_ID
+
+RANK_LOG = re.compile(r"std_log(?:_process_(\d+))?\.txt$")
+
+
+def active_runs(client) -> dict[str, list]:
+    """Run id -> its containers (node order), for every run with a container left."""
+    runs = defaultdict(list)
+    for container in client.containers.list(all=True, filters={"label": LABEL_RUN_ID}):
+        runs[container.labels[LABEL_RUN_ID]].append(container)
+    for containers in runs.values():
+        containers.sort(key=lambda c: int(c.labels.get(LABEL_NODE_RANK, 0)))
+    return dict(runs)
+
+
+def run_dir(client, runs_dir: Path, run_id: str) -> Path:
+    """Where a run's results are: the label of a live container, else the configured runs folder."""
+    for container in active_runs(client).get(run_id, []):
+        return Path(container.labels[LABEL_RUN_DIR])
+    folder = runs_dir / run_id
+    if not run_id or "/" in run_id or not folder.is_dir():
+        raise ToolkitError(f"no local run {run_id!r} is running or in {runs_dir}",
+                           "`invoke local-status` lists the runs")
+    return folder
+
+
+def status(client, runs_dir: Path, limit: int = 10) -> list[dict]:
+    """Running runs (from Docker), then the newest finished ones (from their result.json)."""
+    rows = []
+    running = active_runs(client)
+    for run_id, containers in sorted(running.items()):
+        states = ", ".join(f"node-{c.labels.get(LABEL_NODE_RANK, '?')} {c.status}" for c in containers)
+        rows.append({"run_id": run_id, "status": "Running", "detail": states,
+                     "run_dir": containers[0].labels.get(LABEL_RUN_DIR, "")})
+    results = sorted(runs_dir.glob("*/result.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for path in results[:limit]:
+        try:
+            result = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if result.get("run_id") in running:
+            continue
+        detail = f"{result.get('nodes')}x{result.get('procs_per_node')} {result.get('launch')}, " \
+                 f"{result.get('duration_s')} s"
+        if result.get("status") != "Completed":
+            detail += f", exit code {result.get('exit_code')}" + (f" ({result['failed']})" if result.get("failed")
+                                                                   else "")
+        rows.append({"run_id": result.get("run_id", path.parent.name), "status": result.get("status", "?"),
+                     "detail": detail, "run_dir": str(path.parent)})
+    return rows
+
+
+def rank_logs(folder: Path, rank: int | None = None) -> list[tuple[str, Path]]:
+    """(prefix, file) of each process's log in rank order; ``rank`` picks one. A multi-process run's
+    logs are prefixed ``[rank N]`` as its live stream was; one process's log or a chosen rank's is not."""
+    found = []
+    for path in (folder / "logs/user_logs").glob("std_log*.txt"):
+        match = RANK_LOG.match(path.name)
+        if match and (rank is None or rank == int(match.group(1) or 0)):
+            number = int(match.group(1) or 0)
+            prefix = f"[rank {number}] " if match.group(1) is not None and rank is None else ""
+            found.append((number, prefix, path))
+    return [(prefix, path) for _, prefix, path in sorted(found)]
+
+
+def print_logs(client, folder: Path, rank: int | None, follow: bool, out) -> None:
+    """Every rank's log; with ``follow``, keep printing what is appended until the run's containers are
+    gone."""
+    offsets = {}
+    while True:
+        running = follow and folder.name in active_runs(client)
+        logs = rank_logs(folder, rank)
+        for prefix, path in logs:
+            with path.open("rb") as f:
+                f.seek(offsets.get(path, 0))
+                data = f.read()
+                offsets[path] = f.tell()
+            text = data.decode("utf-8", errors="replace")
+            out.write("".join(prefix + line for line in text.splitlines(keepends=True)))
+            out.flush()
+        if not running:
+            if not logs:
+                which = f"for rank {rank}" if rank is not None else "yet"
+                raise ToolkitError(f"run {folder.name} has no log {which}", "omit --rank to see every rank's log")
+            return
+        time.sleep(0.5)
+
+
+def cancel(client, run_id: str | None) -> list[str]:
+    """Stop and remove the containers and network of one run (or of all runs); results stay. The run's
+    own `run-local` sees its containers go, reads the mark and reports the cancellation."""
+    import docker
+
+    running = active_runs(client)
+    chosen = sorted(running) if run_id is None else [run_id]
+    if run_id is not None and run_id not in running:
+        raise ToolkitError(f"no local run {run_id!r} is running", "`invoke local-status` lists the runs")
+    for rid in chosen:
+        folder = Path(running[rid][0].labels.get(LABEL_RUN_DIR, ""))
+        if folder.is_dir():
+            (folder / CANCEL_MARK).write_text(json.dumps({"by": "invoke local-cancel", "time": time.time()}) + "\n")
+        for container in running[rid]:
+            try:
+                container.remove(force=True)
+            except docker.errors.NotFound:
+                pass
+        for network in client.networks.list(filters={"label": f"{LABEL_RUN_ID}={rid}"}):
+            try:
+                network.remove()
+            except docker.errors.APIError:  # gone already, or its run-local removes it as we speak
+                pass
+    return chosen
