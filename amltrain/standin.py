@@ -21,7 +21,9 @@ from .errors import ToolkitError
 
 # debootstrap resolves only these (it cannot follow alternatives such as OpenMPI's); apt adds the rest.
 BOOTSTRAP_PACKAGES = ("python3", "python3-pip", "python3-venv", "ca-certificates")
-APT_PACKAGES = ("openmpi-bin", "libopenmpi-dev", "openssh-client", "openssh-server", "g++", "make", "cmake", "procps")
+# python3-dev: Miniconda's Python on the MCR bases has its headers, and building Horovod needs them.
+APT_PACKAGES = ("python3-dev", "openmpi-bin", "libopenmpi-dev", "openssh-client", "openssh-server", "g++", "make",
+                "cmake", "procps")
 VENV = "/opt/venv"
 IMAGE_CHANGES = (
     f"ENV PATH={VENV}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",

@@ -84,7 +84,9 @@ def setup_distributed() -> tuple[int, int, torch.device]:
         env["WORLD_SIZE"], env["RANK"] = env["OMPI_COMM_WORLD_SIZE"], env["OMPI_COMM_WORLD_RANK"]
         env["LOCAL_RANK"] = env.get("OMPI_COMM_WORLD_LOCAL_RANK", "0")
         if "MASTER_ADDR" not in env:
-            addr, _, port = env.get("AZ_BATCH_MASTER_NODE", "127.0.0.1").partition(":")  # "host:port"
+            # "host:port" on several nodes; on one node, Azure ML names only the host
+            master = env.get("AZ_BATCH_MASTER_NODE") or env.get("AZ_BATCHAI_MPI_MASTER_NODE", "127.0.0.1")
+            addr, _, port = master.partition(":")
             env["MASTER_ADDR"], env["MASTER_PORT"] = addr, env.get("MASTER_PORT") or port or "29500"
     world, rank, local_rank = (int(env.get(k, d)) for k, d in (("WORLD_SIZE", 1), ("RANK", 0), ("LOCAL_RANK", 0)))
     cuda = torch.cuda.is_available()

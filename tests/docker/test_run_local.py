@@ -140,13 +140,14 @@ def test_a_container_docker_refuses_leaves_no_run_folder_and_no_container(cpu_im
     job = config.job_spec(cfg, ROOT)
     run_id = f"probe_conflict_{os.getpid()}"
     request = localrun.local_request(job, cpu_image, config.local_settings(cfg, ROOT), run_id=run_id)
-    squatter = docker_client.containers.create(cpu_image, ["true"], name=run_id)  # the name is taken
+    squatter = docker_client.containers.create(cpu_image, ["true"], name=f"{run_id}-node-0")  # the name is taken
     try:
         with pytest.raises(ToolkitError, match=f"Docker refused run {run_id}") as err:
             localrun.run(request)
         assert "docker rm" in err.value.hint
         assert not request.run_dir.exists()
         assert [c.id for c in docker_client.containers.list(all=True, filters={"name": run_id})] == [squatter.id]
+        assert docker_client.networks.list(names=[request.network]) == []
     finally:
         squatter.remove(force=True)
 
