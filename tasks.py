@@ -131,6 +131,205 @@ def image_ref(c, target=None, dry_run=False):
     print(images.image_ref(config.image_spec(c.config, target, ROOT)))
 
 
+# --- Azure ML (SDK v1): push, register, compute, submit, model -------------------------------------------------
+# Library: amltrain/registry.py and amltrain/azure/. Dry runs contact nothing; Azure is reached only through
+# amltrain.azure.backend (the tests' seam).
+
+
+def _azure(c):
+    return config.azure_settings(c.config)
+
+
+def _warn(lines) -> None:
+    for line in lines:
+        print(f"warning: {line}", flush=True)
+
+
+def _workspace_label(settings) -> str:
+    """Which workspace and credential a real run would use, read from files and the environment only."""
+    from amltrain.azure import workspace
+
+    try:
+        ref = workspace.workspace_ref(settings, ROOT)
+    except ToolkitError as exc:
+        return f"not configured ({exc.message}); a real run stops here"
+    return (f"{ref.workspace_name} (resource group {ref.resource_group}, from {ref.source}; "
+            f"auth {workspace.auth_mode(settings.auth, os.environ)})")
+
+
+def _image(c, target):
+    """The target's image spec and content-addressed tag, with the base image's deprecation checked."""
+    from amltrain.azure import preflight
+
+    target = target or str(config.section(c.config, "job").get("target") or "cpu")
+    spec = config.image_spec(c.config, target, ROOT)
+    gpu = bool(config.section(config.section(c.config, "images"), target).get("gpu"))
+    _warn(preflight.check_base_image(spec.base_image, gpu))
+    return target, spec, images.image_ref(spec), gpu
+
+
+@task(help={"target": "Image flavour to push (default: job.target)",
+            "dry-run": "Print the image, where it would go and how it would log in (secrets masked); "
+                       "contact nothing"})
+@one_line_errors
+def push(c, target=None, dry_run=False):
+    """Push the built image to the workspace's ACR (or azure.registry.address); nothing sent if it is there."""
+    from amltrain import registry
+    from amltrain.azure import acr, backend
+
+    settings = _azure(c)
+    target, _, local_ref, _ = _image(c, target)
+    if dry_run:
+        described = acr.push_request(settings, local_ref).describe()
+        if acr.needs_workspace(settings):
+            described["workspace"] = _workspace_label(settings)
+        _print_yaml(described)
+        return
+    if acr.needs_workspace(settings):
+        from amltrain.azure import workspace
+
+        workspace.workspace_ref(settings, ROOT)  # no workspace configured: one line before anything else
+    client = engine.connect()
+    image = registry.local_image(client, local_ref, target)
+    azure = backend.connect(settings, ROOT) if acr.needs_workspace(settings) else None
+    request = acr.push_request(settings, local_ref, azure)
+    print(f"pushing {local_ref} -> {request.remote}", flush=True)
+    result = registry.push(client, request, image)
+    if result.pushed:
+        print(f"pushed {result.remote}@{result.digest} in {result.seconds:.1f} s")
+    else:
+        print(f"{result.remote} is already in the registry ({result.digest}): nothing pushed "
+              f"({result.seconds:.2f} s)")
+
+
+@task(help={"target": "Image flavour whose pushed image to register (default: job.target)",
+            "dry-run": "Print the Environment definition it would register (secrets masked); contact nothing"})
+@one_line_errors
+def register(c, target=None, dry_run=False):
+    """Register the pushed image as an Azure ML Environment (user-managed deps); same image -> same version."""
+    from amltrain import registry
+    from amltrain.azure import acr, backend, environment, workspace
+    from amltrain.azure.submit import masked
+
+    settings = _azure(c)
+    target, _, local_ref, _ = _image(c, target)
+    if dry_run:
+        ref = environment.environment_ref(settings, target, local_ref, acr.registry_address(settings))
+        definition = environment.serialized(environment.definition(ref, settings))
+        _print_yaml({"workspace": _workspace_label(settings), "environment": f"{ref.name}:{ref.version}",
+                     "image": ref.image, "registered_when_missing": masked(definition)})
+        return
+    workspace.workspace_ref(settings, ROOT)
+    registry.local_image(engine.connect(), local_ref, target)
+    azure = backend.connect(settings, ROOT)
+    ref = environment.environment_ref(settings, target, local_ref, acr.registry_address(settings, azure))
+    env, new = environment.ensure_registered(azure, environment.definition(ref, settings))
+    if not new:
+        print(f"environment {ref.name}:{ref.version} is registered already ({ref.image}): nothing registered")
+
+
+@task(help={"name": "Cluster name (default: azure.compute); its azure.computes entry gives the defaults",
+            "vm-size": "VM size, e.g. Standard_NC24ads_A100_v4 (retired sizes are refused)",
+            "min-nodes": "Nodes kept when idle (default 0: scale to zero)",
+            "max-nodes": "Most nodes the cluster scales to",
+            "idle-seconds": "Idle time before scaling down",
+            "priority": "dedicated or low (low priority: cheaper, may be pre-empted)",
+            "dry-run": "Print the cluster and the creation request the SDK would send; contact nothing"})
+@one_line_errors
+def compute(c, name=None, vm_size=None, min_nodes=None, max_nodes=None, idle_seconds=None, priority=None,
+            dry_run=False):
+    """Find or create an AmlCompute cluster and wait until it is ready."""
+    from amltrain.azure import backend, workspace
+    from amltrain.azure import compute as azure_compute
+
+    settings = _azure(c)
+    spec = config.compute_for(settings, name or settings.compute, vm_size=vm_size, min_nodes=min_nodes,
+                              max_nodes=max_nodes, idle_seconds=idle_seconds, priority=priority)
+    azure_compute.validate(spec)
+    if dry_run:
+        try:
+            subscription = workspace.workspace_ref(settings, ROOT).subscription_id
+        except ToolkitError:
+            subscription = "<subscription>"
+        _print_yaml({"workspace": _workspace_label(settings), "compute": azure_compute.describe(spec),
+                     "created_when_missing": azure_compute.creation_payload(spec, "<workspace location>",
+                                                                            subscription)})
+        return
+    azure_compute.ensure(backend.connect(settings, ROOT), spec)
+
+
+@task(iterable=["input", "env"],
+      help={"target": "Image flavour (default: job.target); its registered Environment is used",
+            "compute": "AmlCompute cluster (default: azure.compute)",
+            "nodes": "Nodes (default: job.distribution.nodes, 1)",
+            "procs-per-node": "Processes per node; at most the VM size's GPUs (default 1)",
+            "launch": "per-process (PyTorchConfiguration with process_count), per-node (your --command once per "
+                      "node, e.g. torchrun) or mpi (MpiConfiguration, for Horovod)",
+            "command": "Shell command run instead of `python SCRIPT ARGS` (needed for --launch per-node)",
+            "script": "Training script, relative to job.source_dir (default: job.script)",
+            "args": "Script arguments as one string; ${{inputs.NAME}} becomes that input's path on the cluster",
+            "input": "Cloud data input NAME=azureml:DATASET[:VERSION] or NAME=datastore:STORE/PATH (repeatable)",
+            "env": "Environment variable NAME=VALUE for the run (repeatable)",
+            "wait": "Stream the run's logs and exit with its status (non-zero unless Completed)",
+            "dry-run": "Print the run configuration exactly as the SDK serializes it for the service (secrets "
+                       "masked); contact nothing"})
+@one_line_errors
+def submit(c, target=None, compute=None, nodes=None, procs_per_node=None, launch=None, command=None, script=None,
+           args=None, input=None, env=None, wait=False, dry_run=False):
+    """Submit the job (the one run-local runs) to Azure ML: one process, DDP per process or per node, or MPI."""
+    from amltrain import registry
+    from amltrain.azure import acr, backend, environment, workspace
+    from amltrain.azure import submit as azure_submit
+
+    settings = _azure(c)
+    job = config.job_spec(c.config, ROOT, target=target, script=script, arguments=args, env=env or [],
+                          command=command, launch=launch, nodes=nodes, procs_per_node=procs_per_node,
+                          require_inputs=False)
+    target, _, local_ref, gpu = _image(c, job.target)
+    plan = azure_submit.plan(job, settings, compute, input or [], config.image_spec(c.config, target, ROOT).base_image,
+                             gpu)
+    _warn(plan.warnings)
+    if dry_run:
+        try:
+            image = registry.local_image(engine.connect(), local_ref, target)
+        except ToolkitError:
+            image = None  # not built or no engine: the dry run says "unknown"
+        ref = environment.environment_ref(settings, target, local_ref, acr.registry_address(settings))
+        request = azure_submit.SubmitRequest(job.experiment, ref, azure_submit.script_run_config(
+            plan, environment.definition(ref, settings), settings))
+        request.tags = azure_submit.tags(plan, ref, image, azure_submit.git_commit(job.source_dir))
+        _print_yaml(azure_submit.describe(plan, request, _workspace_label(settings)))
+        return
+    workspace.workspace_ref(settings, ROOT)
+    image = registry.local_image(engine.connect(), local_ref, target)
+    azure = backend.connect(settings, ROOT)
+    ref = environment.environment_ref(settings, target, local_ref, acr.registry_address(settings, azure))
+    request = azure_submit.SubmitRequest(job.experiment, ref, azure_submit.script_run_config(
+        plan, environment.definition(ref, settings), settings))
+    request.tags = azure_submit.tags(plan, ref, image, azure_submit.git_commit(job.source_dir))
+    azure_submit.execute(azure, plan, request, wait)
+
+
+@task(help={"run": "Run id (`invoke submit` prints it)",
+            "register": "Register the run's model under this name",
+            "path": "The model's path in the run's artifacts (default: outputs, the whole folder)",
+            "download": "Download the run's outputs/ into this folder",
+            "dry-run": "Print what it would register and download; contact nothing"})
+@one_line_errors
+def model(c, run=None, register=None, download=None, path=None, dry_run=False):
+    """Register a finished run's model (from its outputs/) and/or download its outputs."""
+    from amltrain.azure import backend
+    from amltrain.azure import model as azure_model
+
+    settings = _azure(c)
+    request = azure_model.model_request(run or "", register, download, path, ROOT)
+    if dry_run:
+        print(f"workspace: {_workspace_label(settings)}")
+        print("\n".join(request.describe()))
+        return
+    azure_model.execute(backend.connect(settings, ROOT), request)
+
+
 def _run_local(c, *, target, script, args, inputs, env, user, dry_run, inputs_made_later=False, baked=False,
                command=None, launch=None, nodes=None, procs_per_node=None):
     job = config.job_spec(c.config, ROOT, target=target, script=script, arguments=args, inputs=inputs, env=env,

@@ -1,0 +1,64 @@
+"""Find-or-create an AmlCompute cluster (``AmlCompute.provisioning_configuration``) and wait for it.
+
+An existing cluster is never changed behind your back: when its VM size or node limits differ from what was
+asked, that is reported and the cluster is used as it is (its VM size cannot change; delete and recreate it,
+or update the scale settings in the studio).
+"""
+
+from __future__ import annotations
+
+import sys
+
+from ..errors import ToolkitError
+from .preflight import check_vm_size, gpus_per_node
+from .spec import ComputeSpec
+
+
+def provisioning_configuration(spec: ComputeSpec):
+    from azureml.core.compute import AmlCompute
+
+    return AmlCompute.provisioning_configuration(
+        vm_size=spec.vm_size, vm_priority="lowpriority" if spec.low_priority else "dedicated",
+        min_nodes=spec.min_nodes, max_nodes=spec.max_nodes, idle_seconds_before_scaledown=spec.idle_seconds)
+
+
+def creation_payload(spec: ComputeSpec, location: str, subscription_id: str) -> dict:
+    """The ARM body ``ComputeTarget.create`` sends, from the SDK's own builder (for the dry run)."""
+    from azureml.core.compute import AmlCompute
+
+    return AmlCompute._build_create_payload(provisioning_configuration(spec), location, subscription_id)
+
+
+def validate(spec: ComputeSpec) -> None:
+    if not spec.vm_size:
+        raise ToolkitError(f"compute {spec.name} has no VM size",
+                           f"give --vm-size (e.g. Standard_NC24ads_A100_v4) or declare azure.computes.{spec.name}")
+    check_vm_size(spec.vm_size)
+
+
+def describe(spec: ComputeSpec) -> str:
+    gpus = gpus_per_node(spec.vm_size)
+    kind = "CPU" if gpus == 0 else f"{gpus} GPU(s)/node" if gpus else "GPUs unknown"
+    return (f"{spec.name}: {spec.vm_size} ({kind}), {spec.min_nodes}-{spec.max_nodes} nodes, "
+            f"{'low priority' if spec.low_priority else 'dedicated'}, scale down after {spec.idle_seconds} s idle")
+
+
+def ensure(backend, spec: ComputeSpec, out=sys.stdout):
+    """The cluster, created (and waited for) when the workspace has none of that name."""
+    validate(spec)
+    existing = backend.get_compute(spec.name)
+    if existing is not None:
+        if existing.kind and "amlcompute" not in existing.kind.lower():
+            raise ToolkitError(f"compute {spec.name} exists but is a {existing.kind}, not an AmlCompute cluster",
+                               "choose another --name")
+        if existing.vm_size.lower() != spec.vm_size.lower() or existing.max_nodes != spec.max_nodes \
+                or existing.min_nodes != spec.min_nodes:
+            print(f"warning: compute {spec.name} exists as {existing.vm_size}, {existing.min_nodes}-"
+                  f"{existing.max_nodes} nodes (asked {spec.vm_size}, {spec.min_nodes}-{spec.max_nodes}); "
+                  "used as it is", file=out)
+        print(f"compute {spec.name} exists ({existing.state or 'state unknown'}): nothing created", file=out)
+        return existing
+    print(f"creating compute {describe(spec)}; waiting for it", file=out, flush=True)
+    created = backend.create_compute(spec.name, provisioning_configuration(spec))
+    print(f"compute {created.name} is {created.state or 'ready'}", file=out)
+    return created
