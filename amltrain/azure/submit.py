@@ -299,6 +299,6 @@ def execute(backend, p: Plan, request: SubmitRequest, wait: bool, out=sys.stdout
     final = backend.wait(run.run_id, show_output=True)
     if final.status != "Completed":
         raise ToolkitError(f"run {final.run_id} ended {final.status}: {final.portal_url}",
-                           "its logs are in the studio (user_logs/std_log*.txt)")
+                           "its logs: the studio link, user_logs/std_log*.txt")
     print(f"run {final.run_id} completed: {final.portal_url}", file=out)
     return final

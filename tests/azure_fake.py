@@ -1,0 +1,101 @@
+"""A recording stand-in for ``amltrain.azure.backend.WorkspaceBackend``: the one seam at the network boundary.
+
+It keeps what a workspace would keep (environments, clusters, runs, artifacts) in memory and records every
+call, so a test can say what was asked of Azure and what was not. What it is handed are the real SDK objects.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from amltrain.azure.backend import ComputeInfo, RunInfo
+from amltrain.azure.spec import WorkspaceRef
+
+PORTAL = "https://ml.azure.com/runs/{run_id}?wsid=/subscriptions/sub/resourcegroups/rg/workspaces/ws"
+
+
+@dataclass
+class RecordingBackend:
+    workspace: WorkspaceRef = field(default_factory=lambda: WorkspaceRef("sub", "rg", "ws", "test"))
+    login_server: str | None = "wsacr.azurecr.io"
+    admin: tuple[str, str] = ("wsacr", "admin-password-canary")
+    refresh_token: str = "acr-refresh-token-canary"
+    environments: dict = field(default_factory=dict)  # (name, version) -> Environment
+    computes: dict = field(default_factory=dict)  # name -> ComputeInfo
+    final_status: str = "Completed"
+    artifacts: dict = field(default_factory=lambda: {"outputs/model.pt2": b"model", "outputs/labels.json": b"[]",
+                                                     "logs/user_logs/std_log.txt": b"log"})
+    calls: list = field(default_factory=list)
+    submitted: list = field(default_factory=list)  # (experiment, ScriptRunConfig, tags)
+
+    def _record(self, name, *args):
+        self.calls.append((name, *args))
+
+    def names(self) -> list[str]:
+        return [call[0] for call in self.calls]
+
+    def registry_login_server(self):
+        self._record("registry_login_server")
+        return self.login_server
+
+    def registry_admin_credentials(self):
+        self._record("registry_admin_credentials")
+        return self.admin
+
+    def acr_refresh_token(self, login_server):
+        self._record("acr_refresh_token", login_server)
+        return self.refresh_token
+
+    def get_environment(self, name, version):
+        self._record("get_environment", name, version)
+        return self.environments.get((name, version))
+
+    def register_environment(self, environment):
+        self._record("register_environment", environment.name, environment.version)
+        stored = copy.deepcopy(environment)
+        self.environments[(environment.name, environment.version)] = stored
+        return stored
+
+    def get_compute(self, name):
+        self._record("get_compute", name)
+        return self.computes.get(name)
+
+    def create_compute(self, name, provisioning_configuration):
+        self._record("create_compute", name, provisioning_configuration)
+        c = provisioning_configuration
+        info = ComputeInfo(name, c.vm_size, c.scale_settings.minimum_node_count, c.scale_settings.maximum_node_count,
+                           "Succeeded")
+        self.computes[name] = info
+        return info
+
+    def submit(self, experiment, script_run_config, tags):
+        run_id = f"{experiment}_1700000000_{len(self.submitted):08x}"
+        self._record("submit", experiment, run_id)
+        self.submitted.append((experiment, script_run_config, dict(tags)))
+        return RunInfo(run_id, PORTAL.format(run_id=run_id), "Queued")
+
+    def wait(self, run_id, show_output=True):
+        self._record("wait", run_id, show_output)
+        return RunInfo(run_id, PORTAL.format(run_id=run_id), self.final_status)
+
+    def get_run(self, run_id):
+        self._record("get_run", run_id)
+        return RunInfo(run_id, PORTAL.format(run_id=run_id), self.final_status)
+
+    def run_file_names(self, run_id):
+        self._record("run_file_names", run_id)
+        return sorted(self.artifacts)
+
+    def register_model(self, run_id, name, path, tags):
+        self._record("register_model", run_id, name, path, dict(tags))
+        return name, "1"
+
+    def download_files(self, run_id, prefix, directory: Path):
+        self._record("download_files", run_id, prefix, directory)
+        names = [n for n in self.artifacts if n.startswith(prefix.rstrip("/") + "/")]
+        for name in names:
+            (directory / name).parent.mkdir(parents=True, exist_ok=True)
+            (directory / name).write_bytes(self.artifacts[name])
+        return names

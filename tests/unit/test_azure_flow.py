@@ -1,0 +1,204 @@
+"""The push/register/compute/submit/wait/model flows against the recording backend (the network seam).
+
+The SDK objects are real; only the calls that would reach Azure are answered by ``tests.azure_fake``.
+"""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+
+from amltrain.azure import acr, backend, environment, submit
+from amltrain.azure import compute as azure_compute
+from amltrain.azure import model as azure_model
+from amltrain.azure.spec import AzureSettings, ComputeSpec, RegistrySettings
+from amltrain.errors import ToolkitError
+from amltrain.registry import LocalImage
+from amltrain.spec import Distribution, JobSpec, frozen_map
+from tests.azure_fake import RecordingBackend
+
+LOCAL_REF = "amltrain/train:gpu-0123456789ab"
+SETTINGS = AzureSettings(compute="gpu-cluster", registry=RegistrySettings(repository="amltrain/train"),
+                         computes=frozen_map({"gpu-cluster": ComputeSpec("gpu-cluster", "Standard_NC96ads_A100_v4")}))
+IMAGE = LocalImage(LOCAL_REF, "sha256:" + "ab" * 32,
+                   ("wsacr.azurecr.io/amltrain/train@sha256:" + "cd" * 32,))
+
+
+def registered_env(fake, settings=SETTINGS):
+    ref = environment.environment_ref(settings, "gpu", LOCAL_REF, acr.registry_address(settings, fake))
+    return ref, environment.definition(ref, settings, environ={})
+
+
+def test_register_is_idempotent_same_image_same_version():
+    fake = RecordingBackend()
+    ref, env = registered_env(fake)
+    first, new = environment.ensure_registered(fake, env, out=io.StringIO())
+    second, again = environment.ensure_registered(fake, environment.definition(ref, SETTINGS, environ={}),
+                                                  out=io.StringIO())
+    assert (new, again) == (True, False)
+    assert fake.names().count("register_environment") == 1
+    assert (second.name, second.version) == ("amltrain-gpu", "0123456789ab")
+    assert second.docker.base_image == "wsacr.azurecr.io/amltrain/train:gpu-0123456789ab"
+
+
+def test_register_refuses_a_version_that_points_at_another_image():
+    fake = RecordingBackend()
+    _, env = registered_env(fake)
+    environment.ensure_registered(fake, env, out=io.StringIO())
+    fake.login_server = "otheracr.azurecr.io"
+    _, moved = registered_env(fake)
+    with pytest.raises(ToolkitError, match="exists with image wsacr.azurecr.io"):
+        environment.ensure_registered(fake, moved, out=io.StringIO())
+
+
+def test_a_workspace_without_a_registry_yet_is_said_so():
+    fake = RecordingBackend(login_server=None)
+    with pytest.raises(ToolkitError, match="workspace ws has no container registry yet") as e:
+        acr.push_request(SETTINGS, LOCAL_REF, fake)
+    assert "first environment image build" in e.value.hint
+
+
+def test_push_logins_aad_admin_basic_docker():
+    fake = RecordingBackend()
+    aad = acr.push_request(SETTINGS, LOCAL_REF, fake)
+    assert aad.remote == "wsacr.azurecr.io/amltrain/train:gpu-0123456789ab"
+    assert (aad.credentials.username, aad.credentials.password) == (backend.ACR_TOKEN_USER, fake.refresh_token)
+    assert ("acr_refresh_token", "wsacr.azurecr.io") in fake.calls
+    admin = acr.push_request(AzureSettings(registry=RegistrySettings(auth="admin")), LOCAL_REF, fake)
+    assert admin.credentials.password == "admin-password-canary"
+    basic = AzureSettings(registry=RegistrySettings(address="localhost:5000", auth="basic", username="u"))
+    assert acr.push_request(basic, LOCAL_REF, None, {"AMLTRAIN_REGISTRY_PASSWORD": "p"}).credentials.password == "p"
+    with pytest.raises(ToolkitError, match="AMLTRAIN_REGISTRY_PASSWORD is not set"):
+        acr.push_request(basic, LOCAL_REF, None, {})
+    docker = AzureSettings(registry=RegistrySettings(address="localhost:5000", auth="docker"))
+    assert acr.push_request(docker, LOCAL_REF, None).credentials is None
+    for request in (aad, admin):  # what a dry run or a log shows never has the secret
+        assert request.credentials.password not in repr(request) + str(request.describe())
+
+
+def test_compute_is_found_or_created():
+    fake = RecordingBackend()
+    spec = ComputeSpec("gpu-cluster", "Standard_NC24ads_A100_v4", max_nodes=3, low_priority=True)
+    out = io.StringIO()
+    created = azure_compute.ensure(fake, spec, out=out)
+    name, configuration = next(call[1:] for call in fake.calls if call[0] == "create_compute")
+    assert (name, configuration.vm_size, configuration.vm_priority) == ("gpu-cluster", "Standard_NC24ads_A100_v4",
+                                                                        "lowpriority")
+    assert configuration.scale_settings.maximum_node_count == 3 and created.max_nodes == 3
+    azure_compute.ensure(fake, spec, out=out)
+    assert fake.names().count("create_compute") == 1
+    assert "exists (Succeeded): nothing created" in out.getvalue()
+
+
+def test_a_retired_vm_size_creates_nothing():
+    fake = RecordingBackend()
+    with pytest.raises(ToolkitError, match="STANDARD_NC6 was retired"):
+        azure_compute.ensure(fake, ComputeSpec("old", "STANDARD_NC6"), out=io.StringIO())
+    assert fake.calls == []
+
+
+@pytest.fixture
+def job(tmp_path):
+    (tmp_path / "train.py").write_text("print('hi')\n")
+    return JobSpec(experiment="fowl", target="gpu", source_dir=tmp_path, script="train.py",
+                   distribution=Distribution("per-process", 2, 2))
+
+
+def submission(job, fake, compute="gpu-cluster", settings=SETTINGS):
+    plan = submit.plan(job, settings, compute, [], "mcr.microsoft.com/azureml/openmpi5.0-ubuntu24.04:x", True)
+    ref, env = registered_env(fake, settings)
+    request = submit.SubmitRequest("fowl", ref, submit.script_run_config(plan, env, settings))
+    request.tags = submit.tags(plan, ref, IMAGE, "abc123")
+    return plan, request
+
+
+def ready_backend(**kwargs) -> RecordingBackend:
+    fake = RecordingBackend(**kwargs)
+    fake.computes["gpu-cluster"] = backend.ComputeInfo("gpu-cluster", "Standard_NC96ads_A100_v4", 0, 4, "Succeeded")
+    _, env = registered_env(fake)
+    environment.ensure_registered(fake, env, out=io.StringIO())
+    fake.calls.clear()
+    return fake
+
+
+def test_submit_and_wait_for_a_completed_run(job):
+    fake = ready_backend()
+    plan, request = submission(job, fake)
+    fake.calls.clear()
+    out = io.StringIO()
+    run = submit.execute(fake, plan, request, wait=True, out=out)
+    assert fake.names() == ["get_compute", "get_environment", "submit", "wait"]
+    experiment, src, tags = fake.submitted[0]
+    assert submit.service_configuration(src)["pytorch"] == {"communicationBackend": "nccl", "processCount": 4,
+                                                            "nodeCount": 2}
+    assert tags["amltrain.image_digest"] == "sha256:" + "cd" * 32 and tags["amltrain.git_commit"] == "abc123"
+    assert tags["amltrain.launch"] == "per-process 2x2"
+    assert f"run {run.run_id} completed" in out.getvalue()
+
+
+def test_a_failed_run_is_one_line_with_its_id_and_link(job):
+    fake = ready_backend(final_status="Failed")
+    plan, request = submission(job, fake)
+    with pytest.raises(ToolkitError) as e:
+        submit.execute(fake, plan, request, wait=True, out=io.StringIO())
+    run_id = next(call[2] for call in fake.calls if call[0] == "submit")
+    assert str(e.value).startswith(f"run {run_id} ended Failed: https://ml.azure.com/runs/{run_id}")
+    assert e.value.exit_code == 1 and "\n" not in str(e.value)
+
+
+def test_unknown_compute_and_a_smaller_real_cluster_submit_nothing(job):
+    fake = ready_backend()
+    plan, request = submission(job, fake, compute="nowhere",
+                               settings=AzureSettings(registry=SETTINGS.registry))
+    with pytest.raises(ToolkitError, match="unknown compute 'nowhere' in workspace ws") as e:
+        submit.execute(fake, plan, request, wait=False, out=io.StringIO())
+    assert "invoke compute --name nowhere" in e.value.hint
+    fake.computes["gpu-cluster"] = backend.ComputeInfo("gpu-cluster", "Standard_NC24ads_A100_v4", 0, 1)
+    plan, request = submission(job, fake)
+    with pytest.raises(ToolkitError, match="2 nodes asked, but compute gpu-cluster scales to at most 1"):
+        submit.execute(fake, plan, request, wait=False, out=io.StringIO())
+    assert "submit" not in fake.names()
+
+
+def test_an_unregistered_environment_submits_nothing(job):
+    fake = ready_backend()
+    fake.environments.clear()
+    plan, request = submission(job, fake)
+    with pytest.raises(ToolkitError, match="amltrain-gpu:0123456789ab is not registered") as e:
+        submit.execute(fake, plan, request, wait=False, out=io.StringIO())
+    assert e.value.hint == "invoke push --target gpu && invoke register --target gpu"
+    assert "submit" not in fake.names()
+
+
+def test_declared_compute_limits_are_checked_offline(job):
+    with pytest.raises(ToolkitError, match="4 processes per node on Standard_NC96ads_A100_v4|5 nodes asked"):
+        submit.plan(JobSpec(**{**job.__dict__, "distribution": Distribution("per-process", 5, 1)}), SETTINGS,
+                    "gpu-cluster", [], "x", True)
+
+
+def test_snapshot_over_the_limit_is_refused_before_anything(job):
+    for i in range(2001):
+        (job.source_dir / f"f{i}.txt").write_text("x")
+    with pytest.raises(ToolkitError, match="Azure ML allows 2000 files"):
+        submit.plan(job, SETTINGS, "gpu-cluster", [], "x", True)
+
+
+def test_model_is_registered_and_downloaded(tmp_path):
+    fake = RecordingBackend()
+    request = azure_model.model_request("run-1", "pytorch-birds", "model", "outputs/model.pt2", tmp_path)
+    azure_model.execute(fake, request, out=io.StringIO())
+    assert ("register_model", "run-1", "pytorch-birds", "outputs/model.pt2", {"amltrain.run_id": "run-1"}) \
+        in fake.calls
+    assert (tmp_path / "model" / "outputs" / "model.pt2").read_bytes() == b"model"
+    assert not (tmp_path / "model" / "logs").exists()
+
+
+def test_model_path_must_exist_and_something_must_be_asked(tmp_path):
+    fake = RecordingBackend()
+    with pytest.raises(ToolkitError, match="has no artifact outputs/model.pt") as e:
+        azure_model.execute(fake, azure_model.model_request("run-1", "m", None, "outputs/model.pt", tmp_path),
+                            out=io.StringIO())
+    assert "outputs/model.pt2" in e.value.hint and "register_model" not in fake.names()
+    with pytest.raises(ToolkitError, match="nothing to do"):
+        azure_model.model_request("run-1", None, None, None, tmp_path)
