@@ -1,0 +1,174 @@
+"""`invoke push` (and the Azure flows behind it) against a real registry with basic auth standing in for ACR.
+
+The image pushed is tiny (one 6-byte file, made with ``docker import``) and tagged with the content-addressed
+name ``invoke build`` would give the CPU target under a test repository, so the real task pushes it without a
+6 GB training image. Tests: push, then nothing sent when the registry has that digest (no blob upload in the
+registry's log), a wrong password, an unreachable registry after retries, an image never built, credentials
+kept out of every output and out of Docker's config file, and the AAD login path with a workspace backend
+stand-in (tests.azure_fake) feeding register and submit.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import tarfile
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from invoke import Context, Exit
+
+from amltrain import config
+from amltrain.azure import backend as azure_backend
+from tests.azure_fake import RecordingBackend
+from tests.conftest import ROOT
+from tests.docker import local_registry
+from tests.docker.conftest import invoke
+
+REPOSITORY = "amltrain-pushtest/train"
+USER, PASSWORD = "pusher", f"pw-{uuid.uuid4().hex}"
+TOKEN = f"acr-refresh-token-{uuid.uuid4().hex}"  # what the AAD exchange would return, accepted by the registry
+
+
+@pytest.fixture(scope="module")
+def registry(docker_client, tmp_path_factory):
+    started = local_registry.start(tmp_path_factory.mktemp("registry"),
+                                   {USER: PASSWORD, azure_backend.ACR_TOKEN_USER: TOKEN})
+    yield started
+    local_registry.stop(started)
+
+
+def basic_env(registry, **extra) -> dict:
+    return {"INVOKE_IMAGES_REPOSITORY": REPOSITORY, "INVOKE_AZURE_REGISTRY_ADDRESS": registry.address,
+            "INVOKE_AZURE_REGISTRY_AUTH": "basic", "INVOKE_AZURE_REGISTRY_USERNAME": USER,
+            "AMLTRAIN_REGISTRY_PASSWORD": PASSWORD, **extra}
+
+
+def tiny_tar() -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        data = uuid.uuid4().hex[:6].encode()  # a new image each session: no digest recorded from before
+        info = tarfile.TarInfo("hello.txt")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def cpu_ref(docker_client, registry):
+    """The CPU target's content-addressed tag under the test repository, on a tiny image."""
+    result = invoke("image-ref", "--target", "cpu", env={"INVOKE_IMAGES_REPOSITORY": REPOSITORY})
+    assert result.returncode == 0, result.stderr
+    ref = result.stdout.strip()
+    repository, tag = ref.rsplit(":", 1)
+    docker_client.api.import_image_from_data(tiny_tar(), repository=repository, tag=tag)
+    yield ref
+    for image_ref in (ref, f"{registry.address}/{ref}"):
+        try:
+            docker_client.images.remove(image_ref)
+        except Exception:  # noqa: BLE001 - cleanup of our own tags only
+            pass
+
+
+def docker_config_text() -> str:
+    path = Path(os.environ.get("DOCKER_CONFIG", Path.home() / ".docker")) / "config.json"
+    return path.read_text() if path.exists() else ""
+
+
+def test_push_then_nothing_is_sent_when_the_registry_has_it(registry, cpu_ref):
+    config_before = docker_config_text()
+    started = time.monotonic()
+    first = invoke("push", "--target", "cpu", env=basic_env(registry))
+    first_s = time.monotonic() - started
+    assert first.returncode == 0, first.stdout + first.stderr
+    match = re.search(r"pushed (\S+)@(sha256:[0-9a-f]{64})", first.stdout)
+    assert match and match.group(1) == f"{registry.address}/{cpu_ref}", first.stdout
+    tag = cpu_ref.rsplit(":", 1)[1]
+    assert registry.manifest_digest(REPOSITORY, tag) == match.group(2)
+    uploads = registry.blob_uploads()
+    assert uploads >= 1
+
+    started = time.monotonic()
+    second = invoke("push", "--target", "cpu", env=basic_env(registry))
+    second_s = time.monotonic() - started
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert f"is already in the registry ({match.group(2)}): nothing pushed" in second.stdout
+    assert registry.blob_uploads() == uploads, "the second push uploaded a blob"
+    assert registry.requests_matching(r'"PUT /v2/[^ ]+/manifests/') == 1
+    print(f"first push {first_s:.2f} s, second (skipped) {second_s:.2f} s for the whole `invoke push`")
+    for result in (first, second):
+        assert PASSWORD not in result.stdout + result.stderr
+    assert PASSWORD not in docker_config_text() and docker_config_text() == config_before
+
+
+def test_a_wrong_password_is_one_line_and_not_retried(registry, cpu_ref):
+    result = invoke("push", "--target", "cpu", env=basic_env(registry, AMLTRAIN_REGISTRY_PASSWORD="wrong-pw-canary"))
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"error: registry {registry.address} refused login as {USER}")
+    assert result.stderr.strip().count("\n") == 0 and "retrying" not in result.stdout
+    assert "wrong-pw-canary" not in result.stdout + result.stderr
+
+
+def test_an_unreachable_registry_is_one_line_after_retries(registry, cpu_ref):
+    address = f"127.0.0.1:{local_registry.free_port()}"  # nothing listens there
+    env = basic_env(registry, INVOKE_AZURE_REGISTRY_ADDRESS=address, INVOKE_AZURE_PUSH_RETRIES="2",
+                    INVOKE_AZURE_PUSH_BACKOFF_SECONDS="0.05")
+    result = invoke("push", "--target", "cpu", env=env)
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"error: login as {USER} at {address} failed after 3 attempt(s)")
+    assert "connection refused" in result.stderr and result.stderr.strip().count("\n") == 0
+    assert result.stdout.count("retrying in") == 2
+    assert PASSWORD not in result.stdout + result.stderr
+
+
+def test_an_image_never_built_is_refused_before_any_login(registry, cpu_ref):
+    result = invoke("push", "--target", "gpu", env=basic_env(registry))
+    assert result.returncode == 1
+    assert re.match(rf"error: image {REPOSITORY}:gpu-[0-9a-f]{{12}} is not built on this machine \(run `invoke "
+                    r"build --target gpu` first", result.stderr), result.stderr
+    assert result.stderr.strip().count("\n") == 0
+
+
+def test_register_and_submit_of_an_image_never_built_contact_nothing(registry, cpu_ref, tmp_path):
+    workspace = tmp_path / "config.json"
+    workspace.write_text(json.dumps({"subscription_id": "s", "resource_group": "r", "workspace_name": "w"}))
+    env = {**basic_env(registry), "INVOKE_AZURE_CONFIG_FILE": str(workspace)}
+    for task in ("register", "submit"):
+        result = invoke(task, "--target", "gpu", env=env)
+        assert result.returncode == 1 and "is not built on this machine" in result.stderr, result.stderr
+        assert result.stderr.strip().count("\n") == 0
+
+
+def test_the_aad_path_feeds_push_register_and_submit(registry, cpu_ref, tmp_path, monkeypatch, capsys):
+    """The workspace's ACR via an AAD token exchange (here: the stand-in backend's token, which the registry
+    accepts for ACR's token user), then register and submit --wait of a run that fails, all through the tasks."""
+    import tasks
+
+    workspace = tmp_path / "config.json"
+    workspace.write_text(json.dumps({"subscription_id": "s", "resource_group": "r", "workspace_name": "ws"}))
+    fake = RecordingBackend(login_server=registry.address, refresh_token=TOKEN, final_status="Failed")
+    fake.computes["gpu-cluster"] = azure_backend.ComputeInfo("gpu-cluster", "Standard_NC24ads_A100_v4", 0, 4)
+    monkeypatch.setattr(azure_backend, "connect", lambda settings, start: fake)
+    c = Context(config=config.load(ROOT, {"images": {"repository": REPOSITORY},
+                                          "azure": {"config_file": str(workspace),
+                                                    "registry": {"address": "", "auth": "aad"}}}))
+    tasks.push(c, target="cpu")
+    assert ("acr_refresh_token", registry.address) in fake.calls
+    remote = re.escape(f"{registry.address}/{cpu_ref}")
+    assert re.search(rf"pushed {remote}@sha256|{remote} is already in the registry", capsys.readouterr().out)
+    tasks.register(c, target="cpu")
+    tasks.register(c, target="cpu")
+    assert fake.names().count("register_environment") == 1
+    (env,) = fake.environments.values()
+    assert env.docker.base_image == f"{registry.address}/{cpu_ref}" and env.python.user_managed_dependencies
+    with pytest.raises(Exit) as failed:
+        tasks.submit(c, target="cpu", compute="gpu-cluster", wait=True)
+    run_id = next(call[2] for call in fake.calls if call[0] == "submit")
+    assert failed.value.code == 1 and str(failed.value.message).startswith(f"error: run {run_id} ended Failed")
+    _, src, tags = fake.submitted[0]
+    assert tags["amltrain.image_digest"] == registry.manifest_digest(REPOSITORY, cpu_ref.rsplit(":", 1)[1])
+    assert TOKEN not in capsys.readouterr().out
