@@ -81,7 +81,7 @@ def test_the_creation_request_is_the_sdks_own_payload():
 def test_compute_options_win_over_the_declaration_and_are_validated():
     settings = config.azure_settings(load_config())
     spec = config.compute_for(settings, "gpu-cluster", max_nodes="8", priority="low")
-    assert (spec.vm_size, spec.max_nodes, spec.low_priority, spec.declared) == ("Standard_NC24ads_A100_v4", 8,
+    assert (spec.vm_size, spec.max_nodes, spec.low_priority, spec.declared) == ("Standard_NC48ads_A100_v4", 8,
                                                                                  True, True)
     assert not config.compute_for(settings, "adhoc", vm_size="Standard_D2s_v5").declared
     for bad, match in [({"min_nodes": "5", "max_nodes": "2"}, "min nodes 5 > max nodes 2"),

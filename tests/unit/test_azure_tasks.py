@@ -87,8 +87,8 @@ def test_push_dry_run_with_basic_auth_masks_the_password():
 
 @pytest.mark.parametrize("args, fragments", [
     (["submit", "--target", "gpu", "--nodes", "5", "--dry-run"], ["5 nodes asked", "at most 4", "--max-nodes 5"]),
-    (["submit", "--target", "gpu", "--procs-per-node", "2", "--dry-run"],
-     ["2 processes per node on Standard_NC24ads_A100_v4, which has 1 GPU", "Duplicate GPU"]),
+    (["submit", "--target", "gpu", "--procs-per-node", "3", "--dry-run"],
+     ["3 processes per node on Standard_NC48ads_A100_v4, which has 2 GPU(s)", "Duplicate GPU"]),
     (["submit", "--args", "--data-dir ${{inputs.data}}", "--input", "data=./fowl", "--dry-run"],
      ["cannot mount a local folder", "azureml:DATASET"]),
     (["compute", "--name", "old", "--vm-size", "STANDARD_NC6", "--dry-run"],
