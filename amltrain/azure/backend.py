@@ -185,7 +185,13 @@ class WorkspaceBackend:
     def wait(self, run_id: str, show_output: bool = True) -> RunInfo:
         run = self._run(run_id)
         with azure_errors(f"following run {run_id}"):
-            run.wait_for_completion(show_output=show_output, raise_on_error=False)
+            try:
+                run.wait_for_completion(show_output=show_output, raise_on_error=False)
+            except Exception as exc:  # Ctrl-C while streaming: the SDK re-raises it as its own exception
+                if "interrupted" in str(exc):
+                    raise ToolkitError(f"stopped following run {run_id}; it keeps running: {run.get_portal_url()}",
+                                       "cancel it in the studio if that was meant", exit_code=130) from None
+                raise
             return RunInfo(run.id, run.get_portal_url(), run.get_status())
 
     def get_run(self, run_id: str) -> RunInfo:
