@@ -54,6 +54,8 @@ def definition(ref: EnvironmentRef, settings: AzureSettings, environ: Mapping[st
     env = Environment.from_docker_image(ref.name, ref.image, container_registry=registry)
     env.version = ref.version
     env.python.user_managed_dependencies = True  # from_docker_image sets it already; the point of it all
+    # Environment() starts with EXAMPLE_ENV_VAR=EXAMPLE_VALUE; run variables belong in the run configuration.
+    env.environment_variables.clear()
     return env
 
 

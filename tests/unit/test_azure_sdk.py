@@ -99,6 +99,7 @@ def test_docker_runtime_duration_environment_and_variables(source):
     assert (env["name"], env["version"]) == ("amltrain-gpu", "0123456789ab")
     assert env["docker"]["baseImage"] == "wsacr.azurecr.io/amltrain/train:gpu-0123456789ab"
     assert env["python"]["userManagedDependencies"] is True
+    assert env["environmentVariables"] == {}
     assert env["docker"]["baseImageRegistry"]["password"] is None  # the workspace's ACR needs no credentials
 
 
