@@ -10,6 +10,7 @@ stand-in (tests.azure_fake) feeding register and submit.
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import os
@@ -72,6 +73,14 @@ def cpu_ref(docker_client, registry):
             docker_client.images.remove(image_ref)
         except Exception:  # noqa: BLE001 - cleanup of our own tags only
             pass
+
+
+def project_tasks():
+    """This project's tasks.py as a module of its own name (another test may have loaded a "tasks" module)."""
+    spec = importlib.util.spec_from_file_location("amltrain_project_tasks", ROOT / "tasks.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def docker_config_text() -> str:
@@ -146,8 +155,7 @@ def test_register_and_submit_of_an_image_never_built_contact_nothing(registry, c
 def test_the_aad_path_feeds_push_register_and_submit(registry, cpu_ref, tmp_path, monkeypatch, capsys):
     """The workspace's ACR via an AAD token exchange (here: the stand-in backend's token, which the registry
     accepts for ACR's token user), then register and submit --wait of a run that fails, all through the tasks."""
-    import tasks
-
+    tasks = project_tasks()
     workspace = tmp_path / "config.json"
     workspace.write_text(json.dumps({"subscription_id": "s", "resource_group": "r", "workspace_name": "ws"}))
     fake = RecordingBackend(login_server=registry.address, refresh_token=TOKEN, final_status="Failed")
