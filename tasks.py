@@ -22,7 +22,8 @@ ROOT = Path(__file__).resolve().parent
 
 
 def one_line_errors(body):
-    """Turn ToolkitError into invoke's Exit: one line on stderr, the error's exit code, no traceback."""
+    """Turn ToolkitError (and unanticipated Docker errors) into invoke's Exit: one line on stderr, the
+    error's exit code, no traceback."""
 
     @functools.wraps(body)
     def wrapper(c, *args, **kwargs):
@@ -32,6 +33,11 @@ def one_line_errors(body):
             if os.environ.get("AMLTRAIN_DEBUG"):
                 raise
             raise Exit(f"error: {exc}", code=exc.exit_code) from None
+        except Exception as exc:  # an engine answer nobody anticipated: still one line
+            if os.environ.get("AMLTRAIN_DEBUG") or not type(exc).__module__.startswith("docker."):
+                raise
+            first = (str(getattr(exc, "explanation", None) or exc).splitlines() or [""])[0][:300]
+            raise Exit(f"error: Docker: {first} (AMLTRAIN_DEBUG=1 shows the traceback)", code=1) from None
 
     return wrapper
 
@@ -402,8 +408,10 @@ def local_status(c, dry_run=False):
             "follow": "Keep printing until the run ends",
             "dry-run": "Print which log files it would read and read nothing"})
 @one_line_errors
-def local_logs(c, run, rank=None, follow=False, dry_run=False):
+def local_logs(c, run=None, rank=None, follow=False, dry_run=False):
     """Print a local run's logs, every rank's (prefixed) or one rank's; --follow a running one."""
+    if not run:
+        raise ToolkitError("name the run: --run ID", "`invoke local-status` lists the runs")
     if rank is not None and not str(rank).isdigit():
         raise ToolkitError(f"--rank {rank!r} is not a rank number", "e.g. --rank 0")
     client = engine.connect()

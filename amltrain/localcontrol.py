@@ -14,7 +14,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from .errors import ToolkitError
-from .localrun import CANCEL_MARK, LABEL_NODE_RANK, LABEL_RUN_DIR, LABEL_RUN_ID
+from .localrun import CANCEL_MARK, LABEL_NODE_RANK, LABEL_RUN_DIR, LABEL_RUN_ID, remove_container, remove_network
 
 RANK_LOG = re.compile(r"std_log(?:_process_(\d+))?\.txt$")
 
@@ -105,8 +105,6 @@ def print_logs(client, folder: Path, rank: int | None, follow: bool, out) -> Non
 def cancel(client, run_id: str | None) -> list[str]:
     """Stop and remove the containers and network of one run (or of all runs); results stay. The run's
     own `run-local` sees its containers go, reads the mark and reports the cancellation."""
-    import docker
-
     running = active_runs(client)
     chosen = sorted(running) if run_id is None else [run_id]
     if run_id is not None and run_id not in running:
@@ -116,13 +114,7 @@ def cancel(client, run_id: str | None) -> list[str]:
         if folder.is_dir():
             (folder / CANCEL_MARK).write_text(json.dumps({"by": "invoke local-cancel", "time": time.time()}) + "\n")
         for container in running[rid]:
-            try:
-                container.remove(force=True)
-            except docker.errors.NotFound:
-                pass
+            remove_container(container)
         for network in client.networks.list(filters={"label": f"{LABEL_RUN_ID}={rid}"}):
-            try:
-                network.remove()
-            except docker.errors.APIError:  # gone already, or its run-local removes it as we speak
-                pass
+            remove_network(network)
     return chosen

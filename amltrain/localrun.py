@@ -157,12 +157,13 @@ def node_plan(job: JobSpec, node_rank: int, settings: LocalSettings) -> dict:
                        *(["--allow-run-as-root"] if root else []),
                        "python", f"{launcher.CONTROL_DIR}/launcher.py", "rank", "--", *user_command(job)],
             # Daemons on the other nodes start through our agent, not ssh; shared-memory single copy needs
-            # ptrace rights containers do not have; the run's network is the containers' only interface.
+            # ptrace rights containers do not have; eth0 (the run's network) is the containers' only interface.
             "mpirun_env": {
                 "OMPI_MCA_plm_rsh_agent": agent, "OMPI_MCA_plm_rsh_no_tree_spawn": "1",
                 "PRTE_MCA_plm_ssh_agent": agent, "PRTE_MCA_plm_ssh_no_tree_spawn": "1",
                 "OMPI_MCA_btl_vader_single_copy_mechanism": "none",
                 "OMPI_MCA_btl_tcp_if_include": "eth0", "OMPI_MCA_oob_tcp_if_include": "eth0",
+                "SHELL": "/bin/sh",  # a caller's uid has no passwd entry, from which mpirun would read it
             },
         }
     per_node = d.launch == "per-node"
@@ -300,9 +301,9 @@ def run(request: LocalRequest, out=None) -> None:
             raise _refused(exc, request) from None
         finally:
             for container in containers:
-                _remove(container)
+                remove_container(container)
             if network is not None:
-                _remove_network(network)
+                remove_network(network)
             if outcome is None:  # nothing ran: leave nothing behind
                 shutil.rmtree(request.run_dir, ignore_errors=True)
     _write_result(request, outcome, started_at)
@@ -357,7 +358,7 @@ def _supervise(containers, request: LocalRequest, out) -> Outcome:
             outcome = Outcome("Completed")
             break
     for container in containers:  # the gang stops together; a finished container is removed all the same
-        _remove(container)
+        remove_container(container)
     for thread in streams:
         thread.join(3)
     return outcome
@@ -425,7 +426,7 @@ def _archive_from_image(client, image: str, folder: str, uid: int, gid: int) -> 
         chunks, _ = holder.get_archive(folder)
         data = b"".join(chunks)
     finally:
-        _remove(holder)
+        remove_container(holder)
     return snapshot.reroot(data, Path(folder).name, WORKDIR, uid, gid)
 
 
@@ -458,22 +459,36 @@ def _create(client, c: ContainerRequest):
     )
 
 
-def _remove(container) -> None:
+def remove_container(container) -> None:
     import docker
 
     try:
         container.remove(force=True)
     except docker.errors.NotFound:
         pass
+    except docker.errors.APIError as exc:  # being removed already (local-cancel from another shell)
+        if exc.status_code != 409:
+            raise
 
 
-def _remove_network(network) -> None:
+def remove_network(network, patience_s: float = 10) -> None:
+    """Remove a run's network once its containers have left it (another shell may be removing them)."""
     import docker
 
-    try:
-        network.remove()
-    except docker.errors.NotFound:
-        pass
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            network.remove()
+            return
+        except docker.errors.NotFound:
+            return
+        except docker.errors.APIError as exc:
+            if "active endpoints" not in str(exc) and exc.status_code != 409:
+                raise
+            if time.monotonic() > deadline:
+                raise ToolkitError(f"network {network.name} still has containers after {patience_s:.0f} s",
+                                   f"remove them, then: docker network rm {network.name}") from None
+            time.sleep(0.2)
 
 
 @contextmanager

@@ -55,9 +55,9 @@ def average(value: float, name: str) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=0.01, help="per process; scaled by the number of processes")
+    parser.add_argument("--lr", type=float, default=0.05, help="per process; scaled by the number of processes")
     parser.add_argument("--momentum", type=float, default=0.5)
     parser.add_argument("--train-size", type=int, default=4096)
     parser.add_argument("--seed", type=int, default=42)

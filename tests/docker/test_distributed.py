@@ -68,7 +68,7 @@ def test_per_node_launch_runs_torchrun_once_per_node(cpu_image, probe_env, docke
 
 def test_horovod_over_mpi_two_nodes(cpu_image, docker_client, tmp_path):
     env = {"INVOKE_LOCAL_RUNS_DIR": str(tmp_path / "runs"), "INVOKE_LOCAL_CACHE_DIR": str(tmp_path / "cache")}
-    result = invoke("run-local", "--script", "train/pytorch_horovod_mnist.py", "--args", "--epochs 1",
+    result = invoke("run-local", "--script", "train/pytorch_horovod_mnist.py",
                     "--nodes", "2", "--procs-per-node", "1", "--launch", "mpi", env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr
     run_dir = Path(run_dir_of(result.stdout))

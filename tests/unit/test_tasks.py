@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -19,16 +20,16 @@ def invoke(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 
 def task_names() -> list[str]:
     listing = invoke("--list", "--list-format", "flat").stdout
-    return [line.split()[0] for line in listing.splitlines()[1:] if line.strip()]
+    return [m.group(1) for m in re.finditer(r"^  (\S+)", listing, re.MULTILINE)]  # wrapped lines start deeper
 
 
 def test_the_tasks_a_user_needs_exist():
-    expected = {"build", "run-local", "smoke", "standin-base", "fowl-data", "image-ref", "prune-images"}
+    expected = {"build", "run-local", "smoke", "standin-base", "fowl-data", "image-ref", "prune-images",
+                "local-status", "local-logs", "local-cancel"}
     assert expected <= set(task_names())
 
 
-@pytest.mark.parametrize("name", ["build", "run-local", "smoke", "standin-base", "fowl-data", "image-ref",
-                                  "prune-images"])
+@pytest.mark.parametrize("name", task_names())  # every task there is, including ones added later
 def test_every_task_has_help_for_every_option_and_a_dry_run(name):
     result = invoke(name, "--help")
     assert result.returncode == 0
@@ -40,7 +41,8 @@ def test_every_task_has_help_for_every_option_and_a_dry_run(name):
 ENGINE_DOWN = {"DOCKER_HOST": "unix:///nonexistent/docker.sock"}
 
 
-@pytest.mark.parametrize("args", [["build"], ["run-local"]])
+@pytest.mark.parametrize("args", [["build"], ["run-local"], ["local-status"], ["local-cancel", "--all"],
+                                  ["local-logs", "--run", "x"]])
 def test_no_docker_engine_is_one_line_and_says_what_to_do(args):
     result = invoke(*args, env=ENGINE_DOWN)
     assert result.returncode == 1
