@@ -66,4 +66,4 @@ fi
 python -m pip install --no-build-isolation --no-cache-dir "$src"
 unset PYTHONPATH
 horovodrun --check-build
-python -c 'import horovod.torch as hvd; print("horovod", hvd.__version__, "mpi built:", hvd.mpi_built(), "gloo built:", hvd.gloo_built())'
+python -c 'import horovod, horovod.torch as hvd; print("horovod", horovod.__version__, "mpi built:", hvd.mpi_built(), "gloo built:", hvd.gloo_built())'
