@@ -226,10 +226,13 @@ def register(c, target=None, dry_run=False):
                      "image": ref.image, "registered_when_missing": masked(definition)})
         return
     workspace.workspace_ref(settings, ROOT)
-    registry.local_image(engine.connect(), local_ref, target)
+    image = registry.local_image(engine.connect(), local_ref, target)
     azure = backend.connect(settings, ROOT)
     ref = environment.environment_ref(settings, target, local_ref, acr.registry_address(settings, azure))
-    env, new = environment.ensure_registered(azure, environment.definition(ref, settings))
+    if not image.digest_in(ref.repository):
+        _warn([f"this engine has not pushed or pulled {ref.image}; Azure ML can run it only once the registry has "
+               f"it (invoke push --target {target})"])
+    _, new = environment.ensure_registered(azure, environment.definition(ref, settings))
     if not new:
         print(f"environment {ref.name}:{ref.version} is registered already ({ref.image}): nothing registered")
 
@@ -291,9 +294,8 @@ def submit(c, target=None, compute=None, nodes=None, procs_per_node=None, launch
     job = config.job_spec(c.config, ROOT, target=target, script=script, arguments=args, env=env or [],
                           command=command, launch=launch, nodes=nodes, procs_per_node=procs_per_node,
                           require_inputs=False)
-    target, _, local_ref, gpu = _image(c, job.target)
-    plan = azure_submit.plan(job, settings, compute, input or [], config.image_spec(c.config, target, ROOT).base_image,
-                             gpu)
+    target, spec, local_ref, gpu = _image(c, job.target)
+    plan = azure_submit.plan(job, settings, compute, input or [], spec.base_image, gpu)
     _warn(plan.warnings)
     if dry_run:
         try:
@@ -301,19 +303,14 @@ def submit(c, target=None, compute=None, nodes=None, procs_per_node=None, launch
         except ToolkitError:
             image = None  # not built or no engine: the dry run says "unknown"
         ref = environment.environment_ref(settings, target, local_ref, acr.registry_address(settings))
-        request = azure_submit.SubmitRequest(job.experiment, ref, azure_submit.script_run_config(
-            plan, environment.definition(ref, settings), settings))
-        request.tags = azure_submit.tags(plan, ref, image, azure_submit.git_commit(job.source_dir))
+        request = azure_submit.submit_request(plan, settings, ref, image)
         _print_yaml(azure_submit.describe(plan, request, _workspace_label(settings)))
         return
     workspace.workspace_ref(settings, ROOT)
     image = registry.local_image(engine.connect(), local_ref, target)
     azure = backend.connect(settings, ROOT)
     ref = environment.environment_ref(settings, target, local_ref, acr.registry_address(settings, azure))
-    request = azure_submit.SubmitRequest(job.experiment, ref, azure_submit.script_run_config(
-        plan, environment.definition(ref, settings), settings))
-    request.tags = azure_submit.tags(plan, ref, image, azure_submit.git_commit(job.source_dir))
-    azure_submit.execute(azure, plan, request, wait)
+    azure_submit.execute(azure, plan, azure_submit.submit_request(plan, settings, ref, image), wait)
 
 
 @task(help={"run": "Run id (`invoke submit` prints it)",

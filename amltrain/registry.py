@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from .errors import ToolkitError
 
-TRANSIENT = ("connection refused", "connection reset", "timeout", "timed out", "i/o timeout", "eof",
+TRANSIENT = ("connection refused", "connection reset", "connection aborted", "timeout", "timed out", "eof",
              "502", "503", "504", "500 internal", "too many requests", "429", "temporarily unavailable",
              "broken pipe", "tls handshake")
 AUTH = ("unauthorized", "authentication required", "denied", "401", "403", "forbidden", "incorrect username")
@@ -74,7 +74,7 @@ class PushRequest:
 
     def describe(self) -> dict:
         login = (f"{self.credentials.username} / **** ({self.credential_source})" if self.credentials
-                 else f"Docker's credential store ({self.credential_source or 'docker login'})")
+                 else self.credential_source or "Docker's credential store")
         return {"image": self.local, "push_to": self.remote, "registry": self.registry, "login": login,
                 "skip": "when the registry's digest for the tag is the one this engine pushed",
                 "retries": self.retries, "backoff_seconds": self.backoff_seconds}
@@ -123,27 +123,29 @@ def retrying(request: PushRequest, what: str, action: Callable[[], object],
              sleep: Callable[[float], None] = time.sleep, out=sys.stdout):
     """Run ``action``; retry transient failures with exponential backoff, refuse the rest in one line."""
     import docker
+    import requests
 
-    attempts = request.retries + 1
-    for attempt in range(1, attempts + 1):
+    attempt = 0
+    while True:
+        attempt += 1
         try:
             return action()
-        except (docker.errors.APIError, docker.errors.DockerException, PushFailed) as exc:
-            message = _explain(exc).strip().splitlines()[0][:240] if _explain(exc).strip() else type(exc).__name__
-            kind = classify(message)
-            if kind == "auth":
-                raise ToolkitError(f"registry {request.registry} refused {what}: {message}",
-                                   "check the registry credentials (azure.registry.auth); for an ACR your identity "
-                                   "needs AcrPush") from None
-            if kind != "transient" or attempt == attempts:
-                tried = f" after {attempt} attempt(s)" if kind == "transient" else ""
-                raise ToolkitError(f"{what} at {request.registry} failed{tried}: {message}",
-                                   "check azure.registry.address and that the registry is reachable") from None
-            delay = request.backoff_seconds * 2 ** (attempt - 1)
-            print(f"{what} at {request.registry}: {message}; retrying in {delay:g} s "
-                  f"({attempt}/{request.retries})", file=out, flush=True)
-            sleep(delay)
-    raise AssertionError("unreachable")
+        except (docker.errors.DockerException, requests.exceptions.RequestException, PushFailed) as exc:
+            explained = _explain(exc).strip()
+            message = explained.splitlines()[0][:240] if explained else type(exc).__name__
+        kind = classify(message)
+        if kind == "auth":
+            raise ToolkitError(f"registry {request.registry} refused {what}: {message}",
+                               "check the registry credentials (azure.registry.auth); for an ACR your identity "
+                               "needs AcrPush")
+        if kind != "transient" or attempt > request.retries:
+            tried = f" after {attempt} attempt(s)" if kind == "transient" else ""
+            raise ToolkitError(f"{what} at {request.registry} failed{tried}: {message}",
+                               "check azure.registry.address and that the registry is reachable")
+        delay = request.backoff_seconds * 2 ** (attempt - 1)
+        print(f"{what} at {request.registry}: {message}; retrying in {delay:g} s "
+              f"({attempt}/{request.retries})", file=out, flush=True)
+        sleep(delay)
 
 
 class PushFailed(Exception):

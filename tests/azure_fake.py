@@ -7,11 +7,13 @@ call, so a test can say what was asked of Azure and what was not. What it is han
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from amltrain.azure.backend import ComputeInfo, RunInfo
 from amltrain.azure.spec import WorkspaceRef
+from amltrain.errors import ToolkitError
 
 PORTAL = "https://ml.azure.com/runs/{run_id}?wsid=/subscriptions/sub/resourcegroups/rg/workspaces/ws"
 
@@ -27,6 +29,7 @@ class RecordingBackend:
     final_status: str = "Completed"
     artifacts: dict = field(default_factory=lambda: {"outputs/model.pt2": b"model", "outputs/labels.json": b"[]",
                                                      "logs/user_logs/std_log.txt": b"log"})
+    download_fails_after: int | None = None  # files written before a download breaks off, like a lost connection
     calls: list = field(default_factory=list)
     submitted: list = field(default_factory=list)  # (experiment, ScriptRunConfig, tags)
 
@@ -70,6 +73,11 @@ class RecordingBackend:
         self.computes[name] = info
         return info
 
+    def wait_for_compute(self, name):
+        self._record("wait_for_compute", name)
+        self.computes[name] = dataclasses.replace(self.computes[name], state="Succeeded")
+        return self.computes[name]
+
     def submit(self, experiment, script_run_config, tags):
         run_id = f"{experiment}_1700000000_{len(self.submitted):08x}"
         self._record("submit", experiment, run_id)
@@ -95,7 +103,9 @@ class RecordingBackend:
     def download_files(self, run_id, prefix, directory: Path):
         self._record("download_files", run_id, prefix, directory)
         names = [n for n in self.artifacts if n.startswith(prefix.rstrip("/") + "/")]
-        for name in names:
-            (directory / name).parent.mkdir(parents=True, exist_ok=True)
+        for written, name in enumerate(names):
+            if written == self.download_fails_after:
+                raise ToolkitError(f"downloading {prefix} of run {run_id} failed: connection reset")
+            (directory / name).parent.mkdir(parents=True, exist_ok=True)  # append_prefix=True: DIR/outputs/…
             (directory / name).write_bytes(self.artifacts[name])
         return names

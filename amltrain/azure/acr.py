@@ -18,6 +18,7 @@ from collections.abc import Mapping
 
 from ..errors import ToolkitError
 from ..registry import Credentials, PushRequest
+from .backend import ACR_TOKEN_USER
 from .spec import REGISTRY_PASSWORD_ENV, AzureSettings
 
 WORKSPACE_ACR = "<the workspace's ACR>"  # what a dry run shows where it would ask the workspace
@@ -53,10 +54,13 @@ def basic_credentials(settings: AzureSettings, environ: Mapping[str, str]) -> Cr
     return Credentials(settings.registry.username, password)
 
 
-def credential_source(settings: AzureSettings) -> str:
-    return {"aad": "AAD token exchanged for an ACR token", "admin": "ACR admin user, through the workspace",
-            "basic": f"azure.registry.username + ${REGISTRY_PASSWORD_ENV}",
-            "docker": "Docker's credential store"}[settings.registry.auth]
+def credential_source(settings: AzureSettings, asked_of_azure: bool) -> str:
+    """How the login is obtained, for the dry run and the log; never the secret."""
+    source = {"aad": "AAD token exchanged for an ACR token", "admin": "ACR admin user, read through the workspace",
+              "basic": f"azure.registry.username + ${REGISTRY_PASSWORD_ENV}",
+              "docker": "Docker's credential store (docker login or az acr login)"}[settings.registry.auth]
+    return source if asked_of_azure or settings.registry.auth not in ("aad", "admin") else \
+        f"{source}, asked of the workspace when pushing"
 
 
 def credentials(settings: AzureSettings, address: str, backend=None,
@@ -69,8 +73,6 @@ def credentials(settings: AzureSettings, address: str, backend=None,
         return None
     if mode == "admin":
         return Credentials(*backend.registry_admin_credentials())
-    from .backend import ACR_TOKEN_USER
-
     return Credentials(ACR_TOKEN_USER, backend.acr_refresh_token(address))
 
 
@@ -80,5 +82,5 @@ def push_request(settings: AzureSettings, local_ref: str, backend=None,
     address = registry_address(settings, backend)
     creds = credentials(settings, address, backend, environ)
     return PushRequest(local=local_ref, registry=address, repository=settings.registry.repository,
-                       credentials=creds, credential_source=credential_source(settings),
+                       credentials=creds, credential_source=credential_source(settings, backend is not None),
                        retries=settings.push_retries, backoff_seconds=settings.push_backoff_seconds)

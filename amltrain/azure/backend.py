@@ -8,13 +8,16 @@ the SDK objects they hand over are the real ones. Azure's failures become one ``
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from ..errors import ToolkitError
+from ..spec import mask_url_credentials
 from .spec import AzureSettings, WorkspaceRef
 from .workspace import LOGIN_HINT, auth_mode, make_auth, workspace_ref
 
@@ -49,6 +52,7 @@ class AzureBackend(Protocol):
     def register_environment(self, environment): ...
     def get_compute(self, name: str) -> ComputeInfo | None: ...
     def create_compute(self, name: str, provisioning_configuration) -> ComputeInfo: ...
+    def wait_for_compute(self, name: str) -> ComputeInfo: ...  # until its provisioning operation ends
     def submit(self, experiment: str, script_run_config, tags: dict[str, str]) -> RunInfo: ...
     def wait(self, run_id: str, show_output: bool = True) -> RunInfo: ...
     def get_run(self, run_id: str) -> RunInfo: ...
@@ -57,9 +61,62 @@ class AzureBackend(Protocol):
     def download_files(self, run_id: str, prefix: str, directory: Path) -> list[str]: ...
 
 
+QUOTA_HINT = ("ask for more quota for the VM family in the workspace's region (Azure portal: Quotas), or use "
+              "another VM size or fewer nodes")
+ROLE_HINT = ("your identity lacks a role on the workspace or resource (e.g. AzureML Data Scientist, AcrPush): "
+             "ask its owner, or sign in as another identity")
+NETWORK_HINT = "Azure could not be reached: check the network, a proxy (HTTPS_PROXY) or DNS"
+# The service's own words inside the SDK's wrappers: ``Content: b'{"error": {"code": …, "message": …}}'``
+# (compute), a JSON dump of the response (workspace, environments).
+_SERVICE_CODE = re.compile(r'"code"\s*:\s*"([^"]+)"')
+_SERVICE_MESSAGE = re.compile(r'"message"\s*:\s*"((?:[^"\\]|\\.)*)"')
+# Artifact and blob URLs in errors carry SAS tokens in their query string: never printed.
+_SAS_QUERY = re.compile(r"\?[^\s'\"()]*\bsig=[^\s'\"()]*")
+
+
+def _said(exc: BaseException) -> str:
+    """The exception's text without response headers (request ids and cookies: noise, never the cause).
+    azureml-core's own exceptions keep the text in ``message``; their ``str()`` starts with the class name."""
+    text = str(getattr(exc, "message", "") or exc)
+    return "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("Headers:"))
+
+
+def azure_message(exc: BaseException) -> str:
+    """What Azure said, on one line: the service's error code and message when the SDK wrapped a response,
+    else the first line of the exception."""
+    text = _said(exc)
+    found = _SERVICE_MESSAGE.search(text)
+    if found:
+        try:
+            line = json.loads(f'"{found.group(1)}"')
+        except ValueError:
+            line = found.group(1)
+        code = _SERVICE_CODE.search(text)
+        if code and code.group(1) not in line:
+            line = f"{code.group(1)}: {line}"
+    else:
+        line = next((part.strip() for part in text.splitlines() if part.strip()), type(exc).__name__)
+    return _SAS_QUERY.sub("?****", mask_url_credentials(" ".join(line.split())))[:240]
+
+
+def azure_hint(exc: BaseException, default: str = "") -> str:
+    """What to do about the failures any Azure call can meet (sign-in, permissions, quota, network); else
+    ``default``, the caller's hint."""
+    text = f"{type(exc).__name__}\n{_said(exc)}".lower()
+    if "quota" in text:
+        return QUOTA_HINT
+    if "authentication" in text or "aadsts" in text or re.search(r"\b401\b|unauthorized|token.{0,30}expired", text):
+        return LOGIN_HINT
+    if re.search(r"\b403\b|authorizationfailed|forbidden|does not have authorization", text):
+        return ROLE_HINT
+    if re.search(r"max retries exceeded|connection (refused|reset|aborted)|name resolution|timed out", text):
+        return NETWORK_HINT
+    return default or "AMLTRAIN_DEBUG=1 shows the whole error"
+
+
 @contextlib.contextmanager
 def azure_errors(action: str, hint: str = "") -> Iterator[None]:
-    """Azure's exceptions as one line: what was being done, Azure's first line, what to do."""
+    """Azure's exceptions as one line: what was being done, what Azure said, what to do."""
     try:
         yield
     except ToolkitError:
@@ -67,18 +124,15 @@ def azure_errors(action: str, hint: str = "") -> Iterator[None]:
     except Exception as exc:  # the SDK raises bare Exception for REST errors, plus its own and msrest's types
         if os.environ.get("AMLTRAIN_DEBUG"):
             raise
-        kind = type(exc).__name__
-        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), kind)[:240]
-        if "Authentication" in kind or "AADSTS" in first or "401" in first:
-            hint = hint or LOGIN_HINT
-        raise ToolkitError(f"{action} failed: {first}", hint or "AMLTRAIN_DEBUG=1 shows the whole error") from None
+        raise ToolkitError(f"{action} failed: {azure_message(exc)}", azure_hint(exc, hint)) from None
 
 
 def connect(settings: AzureSettings, start: Path) -> WorkspaceBackend:
     """The workspace, as the configured credential; the first call that contacts Azure."""
     ref = workspace_ref(settings, start)
     mode = auth_mode(settings.auth, os.environ)
-    with azure_errors(f"signing in ({mode}) to workspace {ref.workspace_name}", LOGIN_HINT):
+    with azure_errors(f"signing in ({mode}) to workspace {ref.workspace_name}",
+                      f"check subscription_id, resource_group and workspace_name ({ref.source})"):
         from azureml.core import Workspace
 
         auth = make_auth(mode, os.environ)
@@ -93,7 +147,8 @@ class WorkspaceBackend:
         self._ws = workspace
         self._auth = auth
         self.workspace = ref
-        self._runs: dict = {}
+        self._runs: dict = {}  # run id -> Run
+        self._computes: dict = {}  # name -> ComputeTarget
 
     # --- registry -------------------------------------------------------------------------------------------
     def registry_login_server(self) -> str | None:
@@ -129,7 +184,7 @@ class WorkspaceBackend:
         try:
             return Environment.get(self._ws, name, version=version)
         except Exception as exc:  # the environment client raises bare Exception("… Code: 404 …")
-            if "404" in str(exc):
+            if "Code: 404" in str(exc):
                 return None
             with azure_errors(f"looking up environment {name}:{version}"):
                 raise
@@ -146,24 +201,37 @@ class WorkspaceBackend:
         try:
             target = ComputeTarget(workspace=self._ws, name=name)
         except ComputeTargetException as exc:
-            if "not found" in str(exc).lower() or "404" in str(exc):
+            if "ComputeTargetNotFound" in str(exc):
                 return None
             with azure_errors(f"looking up compute {name}"):
                 raise
+        self._computes[name] = target
         return _compute_info(target)
 
     def create_compute(self, name: str, provisioning_configuration) -> ComputeInfo:
+        """Create and wait. A cluster whose provisioning failed is deleted again, so a rerun starts clean; one
+        that could not be waited for (the network) is left alone."""
         from azureml.core.compute import ComputeTarget
 
-        with azure_errors(f"creating compute {name}", "check the VM size's quota in the workspace's region "
-                          "(Azure portal: Quotas) and the name"):
-            target = ComputeTarget.create(self._ws, name, provisioning_configuration)
+        with azure_errors(f"creating compute {name}", QUOTA_HINT):
+            self._computes[name] = target = ComputeTarget.create(self._ws, name, provisioning_configuration)
+        try:
+            return self.wait_for_compute(name)
+        except ToolkitError as exc:
+            raise ToolkitError(f"{exc.message}; {_delete_if_failed(target)}", exc.hint) from None
+
+    def wait_for_compute(self, name: str) -> ComputeInfo:
+        if name not in self._computes and self.get_compute(name) is None:
+            raise ToolkitError(f"unknown compute {name!r} in workspace {self.workspace.workspace_name}")
+        target = self._computes[name]
+        with azure_errors(f"waiting for compute {name}", QUOTA_HINT):
             target.wait_for_completion(show_output=True)
-            if str(target.provisioning_state).lower() == "failed":
-                errors = getattr(target, "provisioning_errors", None) or ["provisioning failed"]
-                raise ToolkitError(f"compute {name} failed to provision: {str(errors[0])[:240]}",
-                                   "check the VM size's quota in the workspace's region")
-        return _compute_info(target)
+        info = _compute_info(target)
+        if info.state.lower() == "failed":
+            first = (getattr(target, "provisioning_errors", None) or ["provisioning failed"])[0]
+            said = azure_message(Exception(first if isinstance(first, str) else json.dumps(first, default=str)))
+            raise ToolkitError(f"compute {name} failed to provision: {said}", QUOTA_HINT)
+        return info
 
     # --- runs -----------------------------------------------------------------------------------------------
     def submit(self, experiment: str, script_run_config, tags: dict[str, str]) -> RunInfo:
@@ -216,6 +284,18 @@ class WorkspaceBackend:
             names = [n for n in run.get_file_names() if n == prefix or n.startswith(prefix.rstrip("/") + "/")]
             run.download_files(prefix=prefix, output_directory=str(directory), append_prefix=True)
             return names
+
+
+def _delete_if_failed(target) -> str:
+    """Delete a cluster Azure reports as failed; say what became of it."""
+    try:
+        target.refresh_state()
+        if str(target.provisioning_state).lower() != "failed":
+            return f"compute {target.name} is {target.provisioning_state}: see it in the studio"
+        target.delete()
+        return "the failed cluster was deleted"
+    except Exception:  # noqa: BLE001 - the first failure is the one to report
+        return f"if compute {target.name} failed, delete it in the studio"
 
 
 def _compute_info(target) -> ComputeInfo:

@@ -48,17 +48,32 @@ def ensure(backend, spec: ComputeSpec, out=sys.stdout):
     validate(spec)
     existing = backend.get_compute(spec.name)
     if existing is not None:
-        if existing.kind and "amlcompute" not in existing.kind.lower():
-            raise ToolkitError(f"compute {spec.name} exists but is a {existing.kind}, not an AmlCompute cluster",
-                               "choose another --name")
-        if existing.vm_size.lower() != spec.vm_size.lower() or existing.max_nodes != spec.max_nodes \
-                or existing.min_nodes != spec.min_nodes:
-            print(f"warning: compute {spec.name} exists as {existing.vm_size}, {existing.min_nodes}-"
-                  f"{existing.max_nodes} nodes (asked {spec.vm_size}, {spec.min_nodes}-{spec.max_nodes}); "
-                  "used as it is", file=out)
-        print(f"compute {spec.name} exists ({existing.state or 'state unknown'}): nothing created", file=out)
-        return existing
+        return _existing(backend, spec, existing, out)
     print(f"creating compute {describe(spec)}; waiting for it", file=out, flush=True)
     created = backend.create_compute(spec.name, provisioning_configuration(spec))
     print(f"compute {created.name} is {created.state or 'ready'}", file=out)
     return created
+
+
+def _existing(backend, spec: ComputeSpec, existing, out):
+    """A cluster of that name is there: used as it is once its provisioning has ended well."""
+    if existing.kind and "amlcompute" not in existing.kind.lower():
+        raise ToolkitError(f"compute {spec.name} exists but is a {existing.kind}, not an AmlCompute cluster",
+                           "choose another --name")
+    state = existing.state.lower()
+    if state == "failed":
+        raise ToolkitError(f"compute {spec.name} exists but failed to provision",
+                           f"delete it in the studio (Compute > Compute clusters), then run invoke compute "
+                           f"--name {spec.name} again")
+    if state == "deleting":
+        raise ToolkitError(f"compute {spec.name} is being deleted", "run invoke compute again once it is gone")
+    if state in ("creating", "updating"):
+        print(f"compute {spec.name} exists and is {existing.state}: waiting for it", file=out, flush=True)
+        existing = backend.wait_for_compute(spec.name)
+    if (existing.vm_size.lower(), existing.min_nodes, existing.max_nodes) != \
+            (spec.vm_size.lower(), spec.min_nodes, spec.max_nodes):
+        print(f"warning: compute {spec.name} exists as {existing.vm_size}, {existing.min_nodes}-"
+              f"{existing.max_nodes} nodes (asked {spec.vm_size}, {spec.min_nodes}-{spec.max_nodes}); "
+              "used as it is", file=out)
+    print(f"compute {spec.name} exists ({existing.state or 'state unknown'}): nothing created", file=out)
+    return existing

@@ -25,6 +25,11 @@ class EnvironmentRef:
     version: str
     image: str  # the registry reference Azure ML pulls
 
+    @property
+    def repository(self) -> str:
+        """registry/repository of ``image``: where an engine records the digest it pushed."""
+        return self.image.rsplit(":", 1)[0]
+
 
 def environment_ref(settings: AzureSettings, target: str, local_ref: str, registry: str) -> EnvironmentRef:
     tag = local_ref.rsplit(":", 1)[1]

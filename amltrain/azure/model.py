@@ -6,7 +6,10 @@ records the run as its source, so the lineage model -> run -> image -> commit is
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,10 +41,14 @@ def model_request(run_id: str, register: str | None, download: str | None, path:
         raise ToolkitError("nothing to do: give --register NAME and/or --download DIR",
                            "e.g. invoke model --run RUN_ID --register pytorch-birds --download ./model")
     model_path = (path or "outputs").strip("/")
-    if not model_path.startswith("outputs"):
+    if model_path != "outputs" and not model_path.startswith("outputs/"):
         raise ToolkitError(f"model path {model_path!r} is not under outputs/", "a run's model is in its outputs/")
-    return ModelRequest(run_id=run_id, register_as=register or "", model_path=model_path,
-                        download_to=(root / download).resolve() if download else None)
+    request = ModelRequest(run_id=run_id, register_as=register or "", model_path=model_path,
+                           download_to=(root / download).resolve() if download else None)
+    if request.download_to and (request.download_to / request.prefix).exists():
+        raise ToolkitError(f"{request.download_to / request.prefix} exists already",
+                           "remove it, or choose another --download folder")
+    return request
 
 
 def execute(backend, request: ModelRequest, out=sys.stdout) -> None:
@@ -58,6 +65,24 @@ def execute(backend, request: ModelRequest, out=sys.stdout) -> None:
                                                {"amltrain.run_id": request.run_id})
         print(f"registered model {name}:{version} from {request.model_path} of run {request.run_id}", file=out)
     if request.download_to:
-        request.download_to.mkdir(parents=True, exist_ok=True)
-        files = backend.download_files(request.run_id, request.prefix, request.download_to)
+        files = download(backend, request)
         print(f"downloaded {len(files)} file(s) of {request.prefix}/ into {request.download_to}", file=out)
+
+
+def download(backend, request: ModelRequest) -> list[str]:
+    """Into a hidden folder inside the destination first, moved into place only when every file is there:
+    a failed or interrupted download leaves nothing behind (not even the folder, when it made it)."""
+    landing = request.download_to / request.prefix
+    made = not request.download_to.exists()
+    request.download_to.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".amltrain-download-", dir=request.download_to))
+    try:
+        files = backend.download_files(request.run_id, request.prefix, staging)
+        (staging / request.prefix).mkdir(exist_ok=True)
+        (staging / request.prefix).rename(landing)
+        return files
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        if made and not landing.exists():
+            with contextlib.suppress(OSError):
+                request.download_to.rmdir()

@@ -28,7 +28,7 @@ import re
 import subprocess
 import sys
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from .. import snapshot
@@ -38,7 +38,7 @@ from ..localrun import INPUT_REF, mask
 from ..registry import LocalImage
 from ..spec import Distribution, JobSpec
 from . import preflight
-from .environment import EnvironmentRef
+from .environment import EnvironmentRef, definition
 from .spec import AzureSettings, ComputeSpec
 
 DATASET_INPUT = re.compile(r"azureml:(?!//)([A-Za-z0-9_.-]+)(?::([A-Za-z0-9_.-]+))?")
@@ -121,16 +121,17 @@ def cluster_command(command: str, inputs: Mapping[str, RemoteInput]) -> str:
     return _substitute(command, inputs, argument=False)
 
 
-def distributed_config(d: Distribution, backend: str):
+def distributed_config(d: Distribution, communication: str):
     from azureml.core.runconfig import MpiConfiguration, PyTorchConfiguration
 
     if d.launch == "mpi":
         return MpiConfiguration(process_count_per_node=d.procs_per_node, node_count=d.nodes)
     if d.launch == "per-node":
-        return PyTorchConfiguration(communication_backend=backend, node_count=d.nodes)
+        return PyTorchConfiguration(communication_backend=communication, node_count=d.nodes)
     if d.single_process:
         return None
-    return PyTorchConfiguration(communication_backend=backend, process_count=d.world_size, node_count=d.nodes)
+    return PyTorchConfiguration(communication_backend=communication, process_count=d.world_size,
+                                node_count=d.nodes)
 
 
 @dataclass(frozen=True)
@@ -140,7 +141,7 @@ class Plan:
     job: JobSpec
     compute: ComputeSpec
     inputs: Mapping[str, RemoteInput]
-    backend: str  # nccl | gloo
+    communication: str  # PyTorch's backend: nccl | gloo
     snapshot_files: int
     snapshot_bytes: int
     warnings: tuple[str, ...] = ()
@@ -157,18 +158,18 @@ def plan(job: JobSpec, settings: AzureSettings, compute: str | None, inputs: Ite
         if not spec.vm_size:
             raise ToolkitError(f"azure.computes.{name} has no vm_size", "declare its vm_size in invoke.yaml")
         warnings += preflight.check_shape(job.distribution, name, spec.vm_size, spec.max_nodes)
-        backend = preflight.communication_backend(spec.vm_size)
+        communication = preflight.communication_backend(spec.vm_size)
     else:
         warnings.append(f"compute {name} is not declared in azure.computes: its VM size and node limit are "
                         "checked against the workspace when submitting")
-        backend = "nccl" if gpu_target else "gloo"
+        communication = "nccl" if gpu_target else "gloo"
     remote = remote_inputs(settings.inputs, inputs)
     cluster_arguments(job.arguments, remote)  # refuse bad references now
     if job.command:
         cluster_command(job.command, remote)
     names = snapshot.files(job.source_dir)
     size = snapshot.check_limits(job.source_dir, names)
-    return Plan(job=job, compute=spec, inputs=remote, backend=backend, snapshot_files=len(names),
+    return Plan(job=job, compute=spec, inputs=remote, communication=communication, snapshot_files=len(names),
                 snapshot_bytes=size, warnings=tuple(warnings))
 
 
@@ -185,7 +186,7 @@ def script_run_config(p: Plan, environment, settings: AzureSettings):
         kwargs.update(script=job.script, arguments=cluster_arguments(job.arguments, p.inputs))
     src = ScriptRunConfig(
         source_directory=str(job.source_dir), compute_target=p.compute.name, environment=environment,
-        distributed_job_config=distributed_config(job.distribution, p.backend),
+        distributed_job_config=distributed_config(job.distribution, p.communication),
         docker_runtime_config=DockerConfiguration(use_docker=True, shm_size=settings.shm_size),
         max_run_duration_seconds=settings.max_run_duration_seconds, **kwargs)
     src.run_config.environment_variables = dict(job.environment)
@@ -233,27 +234,32 @@ def git_commit(folder: Path) -> str:
 
 def tags(p: Plan, env: EnvironmentRef, image: LocalImage | None, commit: str) -> dict[str, str]:
     d = p.job.distribution
-    registry_repo = env.image.rsplit(":", 1)[0]
     return {
         "amltrain.git_commit": commit,
         "amltrain.image": env.image,
         "amltrain.image_id": image.image_id if image else "unknown",
-        "amltrain.image_digest": (image.digest_in(registry_repo) if image else "") or "unknown",
+        "amltrain.image_digest": (image.digest_in(env.repository) if image else "") or "unknown",
         "amltrain.environment": f"{env.name}:{env.version}",
         "amltrain.launch": f"{d.launch} {d.nodes}x{d.procs_per_node}",
         "amltrain.target": p.job.target,
     }
 
 
-@dataclass
+@dataclass(frozen=True)
 class SubmitRequest:
     experiment: str
     environment: EnvironmentRef
     script_run_config: object
-    tags: dict[str, str] = field(default_factory=dict)
+    tags: Mapping[str, str]
 
     def configuration(self) -> dict:
         return service_configuration(self.script_run_config)
+
+
+def submit_request(p: Plan, settings: AzureSettings, env: EnvironmentRef, image: LocalImage | None) -> SubmitRequest:
+    """What ``Experiment.submit`` is given: the ScriptRunConfig on ``env``'s Environment, and the run's tags."""
+    src = script_run_config(p, definition(env, settings), settings)
+    return SubmitRequest(p.job.experiment, env, src, tags(p, env, image, git_commit(p.job.source_dir)))
 
 
 def describe(p: Plan, request: SubmitRequest, workspace: str) -> dict:
@@ -283,6 +289,13 @@ def execute(backend, p: Plan, request: SubmitRequest, wait: bool, out=sys.stdout
                            f"create it: invoke compute --name {p.compute.name} --vm-size VM_SIZE --max-nodes N")
     for warning in preflight.check_shape(p.job.distribution, cluster.name, cluster.vm_size, cluster.max_nodes):
         print(f"warning: {warning}", file=out)
+    needed = preflight.communication_backend(cluster.vm_size)
+    pytorch = p.job.distribution.launch != "mpi" and not p.job.distribution.single_process
+    if pytorch and needed != p.communication:
+        raise ToolkitError(f"compute {cluster.name} is {cluster.vm_size}, where PyTorch needs {needed}, but the job "
+                           f"was planned with {p.communication}",
+                           f"declare azure.computes.{cluster.name}.vm_size as {cluster.vm_size}, or choose a cluster "
+                           "that fits the target")
     env = request.environment
     registered = backend.get_environment(env.name, env.version)
     if registered is None:
@@ -292,7 +305,7 @@ def execute(backend, p: Plan, request: SubmitRequest, wait: bool, out=sys.stdout
     if registered.docker.base_image != env.image:
         raise ToolkitError(f"environment {env.name}:{env.version} points at {registered.docker.base_image}, "
                            f"not {env.image}", "set azure.environment.name to keep registries apart")
-    run = backend.submit(request.experiment, request.script_run_config, request.tags)
+    run = backend.submit(request.experiment, request.script_run_config, dict(request.tags))
     print(f"submitted run {run.run_id} to {p.compute.name}: {run.portal_url}", file=out, flush=True)
     if not wait:
         return run

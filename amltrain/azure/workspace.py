@@ -1,12 +1,14 @@
 """Which workspace, and as whom: resolved from files and the environment without contacting Azure.
 
 The workspace is ``azure.subscription_id/resource_group/workspace_name`` when all three are set, else the
-``config.json`` that ``Workspace.from_config`` would find: ``.azureml/config.json``, ``aml_config/config.json``
-or ``config.json``, in the start folder or any folder above it, in that order of preference (the file the
-portal's "Download config.json" gives). The credential is chosen like this (``azure.auth: auto``): a service
-principal when ``AZURE_CLIENT_ID``, ``AZURE_TENANT_ID`` and ``AZURE_CLIENT_SECRET`` are all set; a managed
-identity when the host provides one (``IDENTITY_ENDPOINT`` or ``MSI_ENDPOINT``); otherwise the Azure CLI's
-login (``az login``, or GitHub's ``azure/login`` with OIDC).
+file ``Workspace.from_config`` would find: ``.azureml/``, then ``aml_config/``, then the folder itself, each
+searched from the start folder upwards, ``config.json`` before the legacy ``project.json`` (``config.json`` is
+the file the portal's "Download config.json" gives).
+
+The credential is chosen like this (``azure.auth: auto``): a service principal when ``AZURE_CLIENT_ID``,
+``AZURE_TENANT_ID`` and ``AZURE_CLIENT_SECRET`` are all set; a managed identity when the host provides one
+(``IDENTITY_ENDPOINT`` or ``MSI_ENDPOINT``); otherwise the Azure CLI's login (``az login``, or GitHub's
+``azure/login`` with OIDC).
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ from pathlib import Path
 from ..errors import ToolkitError
 from .spec import AzureSettings, WorkspaceRef
 
-SEARCHED = (".azureml/config.json", "aml_config/config.json", "config.json")
+# Workspace.from_config's order: each of these, in the start folder and then every folder above, before the next.
+SEARCHED = (".azureml/config.json", ".azureml/project.json", "aml_config/config.json", "aml_config/project.json",
+            "config.json", "project.json")
 SP_VARS = ("AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_CLIENT_SECRET")
 NO_WORKSPACE_HINT = ("download config.json from the workspace's page in the Azure portal into the project "
                      "(or .azureml/), or set azure.subscription_id, azure.resource_group and azure.workspace_name "
@@ -64,11 +68,13 @@ def workspace_ref(settings: AzureSettings, start: Path) -> WorkspaceRef:
     if any(names):
         raise ToolkitError("azure.subscription_id, azure.resource_group and azure.workspace_name must be set "
                            "together", NO_WORKSPACE_HINT)
-    if settings.config_file:
+    if settings.config_file:  # a file, or a folder to search from (as from_config's path)
         path = (start / os.path.expanduser(settings.config_file)).resolve()
-        if not path.is_file():
+        if path.is_file():
+            return read_config(path)
+        if not path.is_dir():
             raise ToolkitError(f"azure.config_file {path} does not exist", NO_WORKSPACE_HINT)
-        return read_config(path)
+        start = path
     found = find_config(start)
     if found is None:
         raise ToolkitError(f"no Azure ML workspace configured: no config.json in {start}, .azureml/ or "

@@ -6,6 +6,7 @@ The SDK objects are real; only the calls that would reach Azure are answered by 
 from __future__ import annotations
 
 import io
+import json
 
 import pytest
 
@@ -21,8 +22,9 @@ from tests.azure_fake import RecordingBackend
 LOCAL_REF = "amltrain/train:gpu-0123456789ab"
 SETTINGS = AzureSettings(compute="gpu-cluster", registry=RegistrySettings(repository="amltrain/train"),
                          computes=frozen_map({"gpu-cluster": ComputeSpec("gpu-cluster", "Standard_NC96ads_A100_v4")}))
-IMAGE = LocalImage(LOCAL_REF, "sha256:" + "ab" * 32,
-                   ("wsacr.azurecr.io/amltrain/train@sha256:" + "cd" * 32,))
+IMAGE = LocalImage(LOCAL_REF, "sha256:" + "ab" * 32,  # pushed to two registries: the tag names the workspace's
+                   ("localhost:5000/amltrain/train@sha256:" + "ef" * 32,
+                    "wsacr.azurecr.io/amltrain/train@sha256:" + "cd" * 32))
 
 
 def registered_env(fake, settings=SETTINGS):
@@ -91,11 +93,51 @@ def test_compute_is_found_or_created():
     assert "exists (Succeeded): nothing created" in out.getvalue()
 
 
-def test_a_retired_vm_size_creates_nothing():
+def test_an_existing_cluster_still_provisioning_is_waited_for_and_a_failed_one_refused():
     fake = RecordingBackend()
-    with pytest.raises(ToolkitError, match="STANDARD_NC6 was retired"):
-        azure_compute.ensure(fake, ComputeSpec("old", "STANDARD_NC6"), out=io.StringIO())
-    assert fake.calls == []
+    spec = ComputeSpec("gpu-cluster", "Standard_NC24ads_A100_v4")
+    fake.computes["gpu-cluster"] = backend.ComputeInfo("gpu-cluster", "Standard_NC24ads_A100_v4", 0, 4, "Creating")
+    assert azure_compute.ensure(fake, spec, out=io.StringIO()).state == "Succeeded"
+    assert fake.names() == ["get_compute", "wait_for_compute"]
+    fake.computes["gpu-cluster"] = backend.ComputeInfo("gpu-cluster", "Standard_NC24ads_A100_v4", 0, 4, "Failed")
+    with pytest.raises(ToolkitError, match="exists but failed to provision") as e:
+        azure_compute.ensure(fake, spec, out=io.StringIO())
+    assert "delete it" in e.value.hint and "create_compute" not in fake.names()
+
+
+@pytest.mark.parametrize("state_after, deleted, outcome", [
+    ("Failed", True, "; the failed cluster was deleted"),
+    ("Creating", False, "; compute gpu-cluster is Creating: see it in the studio"),  # only the wait failed
+])
+def test_a_cluster_whose_provisioning_failed_is_deleted_again(monkeypatch, state_after, deleted, outcome):
+    """WorkspaceBackend.create_compute with the SDK's calls to Azure answered here: the wait ends in a quota
+    error; the cluster is deleted only when Azure reports it failed, and the error is one line with the hint."""
+    from azureml.core.compute import ComputeTarget
+    from azureml.exceptions import ComputeTargetException
+
+    class Cluster:
+        name, provisioning_state, deleted = "gpu-cluster", "Creating", False
+
+        def wait_for_completion(self, show_output=False):
+            raise ComputeTargetException(
+                "Compute object provisioning polling reached non-successful terminal state, current provisioning "
+                "state: Failed\nProvisioning operation error:\nStatusCode: 400\nMessage: {'code': 'QuotaExceeded'}")
+
+        def refresh_state(self):
+            self.provisioning_state = state_after
+
+        def delete(self):
+            self.deleted = True
+
+    cluster = Cluster()
+    monkeypatch.setattr(ComputeTarget, "create", lambda workspace, name, configuration: cluster)
+    workspace_backend = backend.WorkspaceBackend(None, None, RecordingBackend().workspace)
+    with pytest.raises(ToolkitError) as e:
+        workspace_backend.create_compute("gpu-cluster", azure_compute.provisioning_configuration(
+            ComputeSpec("gpu-cluster", "Standard_NC24ads_A100_v4")))
+    assert cluster.deleted is deleted
+    assert e.value.message.startswith("waiting for compute gpu-cluster failed: Compute object provisioning")
+    assert e.value.message.endswith(outcome) and e.value.hint == backend.QUOTA_HINT
 
 
 @pytest.fixture
@@ -108,8 +150,8 @@ def job(tmp_path):
 def submission(job, fake, compute="gpu-cluster", settings=SETTINGS):
     plan = submit.plan(job, settings, compute, [], "mcr.microsoft.com/azureml/openmpi5.0-ubuntu24.04:x", True)
     ref, env = registered_env(fake, settings)
-    request = submit.SubmitRequest("fowl", ref, submit.script_run_config(plan, env, settings))
-    request.tags = submit.tags(plan, ref, IMAGE, "abc123")
+    request = submit.SubmitRequest("fowl", ref, submit.script_run_config(plan, env, settings),
+                                   submit.tags(plan, ref, IMAGE, "abc123"))
     return plan, request
 
 
@@ -172,16 +214,50 @@ def test_an_unregistered_environment_submits_nothing(job):
 
 
 def test_declared_compute_limits_are_checked_offline(job):
-    with pytest.raises(ToolkitError, match="4 processes per node on Standard_NC96ads_A100_v4|5 nodes asked"):
+    with pytest.raises(ToolkitError, match="5 nodes asked, but compute gpu-cluster scales to at most 4"):
         submit.plan(JobSpec(**{**job.__dict__, "distribution": Distribution("per-process", 5, 1)}), SETTINGS,
+                    "gpu-cluster", [], "x", True)
+    with pytest.raises(ToolkitError, match="5 processes per node on Standard_NC96ads_A100_v4, which has 4 GPU"):
+        submit.plan(JobSpec(**{**job.__dict__, "distribution": Distribution("mpi", 1, 5)}), SETTINGS,
                     "gpu-cluster", [], "x", True)
 
 
-def test_snapshot_over_the_limit_is_refused_before_anything(job):
+def test_an_undeclared_cluster_of_the_wrong_kind_submits_nothing(job):
+    """Planned for a GPU target (nccl) on an undeclared cluster that turns out to be a CPU size."""
+    fake = ready_backend()
+    fake.computes["adhoc"] = backend.ComputeInfo("adhoc", "Standard_D4s_v5", 0, 4, "Succeeded")
+    plan, request = submission(job, fake, compute="adhoc")
+    with pytest.raises(ToolkitError, match="Standard_D4s_v5, where PyTorch needs gloo, but the job was planned "
+                                           "with nccl"):
+        submit.execute(fake, plan, request, wait=False, out=io.StringIO())
+    assert "submit" not in fake.names()
+
+
+def test_snapshot_over_the_file_limit_is_refused_before_anything(job):
     for i in range(2001):
         (job.source_dir / f"f{i}.txt").write_text("x")
-    with pytest.raises(ToolkitError, match="Azure ML allows 2000 files"):
+    with pytest.raises(ToolkitError, match="has 2002 files, 0.0 MB; Azure ML allows 2000 files"):
         submit.plan(job, SETTINGS, "gpu-cluster", [], "x", True)
+
+
+def test_snapshot_over_the_size_limit_is_refused_and_amlignore_honoured(job):
+    with open(job.source_dir / "weights.bin", "wb") as big:  # sparse: 301 MB that take no disk
+        big.truncate(301 * 2**20)
+    with pytest.raises(ToolkitError, match="has 2 files, 301.0 MB; Azure ML allows 2000 files and 300 MB"):
+        submit.plan(job, SETTINGS, "gpu-cluster", [], "x", True)
+    (job.source_dir / ".amlignore").write_text("*.bin\n")
+    assert submit.plan(job, SETTINGS, "gpu-cluster", [], "x", True).snapshot_files == 2  # train.py, .amlignore
+
+
+def test_a_download_that_breaks_off_leaves_nothing_behind(tmp_path):
+    fake = RecordingBackend(download_fails_after=1)
+    with pytest.raises(ToolkitError, match="connection reset"):
+        azure_model.execute(fake, azure_model.model_request("run-1", None, "model", None, tmp_path),
+                            out=io.StringIO())
+    assert not (tmp_path / "model").exists()
+    (tmp_path / "model" / "outputs").mkdir(parents=True)
+    with pytest.raises(ToolkitError, match="model/outputs exists already"):
+        azure_model.model_request("run-1", None, "model", None, tmp_path)
 
 
 def test_model_is_registered_and_downloaded(tmp_path):
@@ -191,7 +267,7 @@ def test_model_is_registered_and_downloaded(tmp_path):
     assert ("register_model", "run-1", "pytorch-birds", "outputs/model.pt2", {"amltrain.run_id": "run-1"}) \
         in fake.calls
     assert (tmp_path / "model" / "outputs" / "model.pt2").read_bytes() == b"model"
-    assert not (tmp_path / "model" / "logs").exists()
+    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == ["outputs"]  # no logs/, no staging folder
 
 
 def test_model_path_must_exist_and_something_must_be_asked(tmp_path):
@@ -202,3 +278,45 @@ def test_model_path_must_exist_and_something_must_be_asked(tmp_path):
     assert "outputs/model.pt2" in e.value.hint and "register_model" not in fake.names()
     with pytest.raises(ToolkitError, match="nothing to do"):
         azure_model.model_request("run-1", None, None, None, tmp_path)
+    with pytest.raises(ToolkitError, match="'outputs_old/model.pt' is not under outputs/"):
+        azure_model.model_request("run-1", "m", None, "outputs_old/model.pt", tmp_path)
+
+
+# --- Azure's failures, as the SDK raises them, become one line with what to do -----------------------------
+
+RP_QUOTA = ("Received bad response from Resource Provider:\nResponse Code: 400\nHeaders: {'x-ms-request-id': "
+            "'4011-abc'}\nContent: b'{\"error\": {\"code\": \"QuotaExceeded\", \"message\": \"Operation could not be "
+            "completed as it results in exceeding approved standardNCADSA100v4Family Cores quota.\"}}'")
+
+
+def sdk_errors():
+    from azureml.exceptions import AuthenticationException, ComputeTargetException, ProjectSystemException
+    from requests.exceptions import ConnectionError as RequestsConnectionError
+
+    forbidden = json.dumps({"error_details": {"error": {"code": "AuthorizationFailed", "message": "The client 'x' "
+                            "does not have authorization to perform action 'read'"}}, "status_code": 403})
+    return [
+        (ComputeTargetException(RP_QUOTA), "QuotaExceeded: Operation could not be completed as it results in "
+         "exceeding approved standardNCADSA100v4Family Cores quota.", backend.QUOTA_HINT),
+        (AuthenticationException("Could not retrieve user token. Please run 'az login'"),
+         "Could not retrieve user token. Please run 'az login'", backend.LOGIN_HINT),
+        (Exception("AADSTS7000215: Invalid client secret provided.\nTrace ID: 1"),
+         "AADSTS7000215: Invalid client secret provided.", backend.LOGIN_HINT),
+        (ProjectSystemException(forbidden), "AuthorizationFailed: The client 'x' does not have authorization to "
+         "perform action 'read'", backend.ROLE_HINT),
+        (ProjectSystemException("workspace not found."), "workspace not found.", "the caller's hint"),
+        (RequestsConnectionError("HTTPSConnectionPool(host='management.azure.com', port=443): Max retries exceeded"),
+         "HTTPSConnectionPool(host='management.azure.com', port=443): Max retries exceeded", backend.NETWORK_HINT),
+        (Exception("Connection reset by peer while reading https://st.blob.core.windows.net/azureml/outputs/m.pt"
+                   "?sv=2019-02-02&sr=b&sig=SAS-canary%3D&se=2030 (read 5 of 9 bytes)"),
+         "Connection reset by peer while reading https://st.blob.core.windows.net/azureml/outputs/m.pt?**** "
+         "(read 5 of 9 bytes)", backend.NETWORK_HINT),
+    ]
+
+
+@pytest.mark.parametrize("exc, said, hint", sdk_errors())
+def test_azure_failures_are_one_line_with_what_to_do(exc, said, hint):
+    with pytest.raises(ToolkitError) as e, backend.azure_errors("doing it", "the caller's hint"):
+        raise exc
+    assert e.value.message == f"doing it failed: {said}"
+    assert e.value.hint == hint and "\n" not in str(e.value)

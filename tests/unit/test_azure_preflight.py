@@ -127,6 +127,22 @@ def test_workspace_config_is_searched_like_from_config(tmp_path):
     assert workspace.workspace_ref(named, deep).source == "azure.* settings"
 
 
+def test_the_search_order_is_the_sdks_and_config_file_may_be_a_folder(tmp_path):
+    """from_config: .azureml/ upwards, then aml_config/ upwards, then the folder itself upwards;
+    config.json before the legacy project.json at each of those steps."""
+    deep = tmp_path / "a" / "b"
+    deep.mkdir(parents=True)
+    write(deep / "config.json", {"subscription_id": "s", "resource_group": "r", "workspace_name": "here"})
+    write(tmp_path / "aml_config" / "project.json", {"subscription_id": "s", "resource_group": "r",
+                                                     "workspace_name": "legacy-above"})
+    assert workspace.workspace_ref(AzureSettings(), deep).workspace_name == "legacy-above"
+    write(tmp_path / "aml_config" / "config.json", {"subscription_id": "s", "resource_group": "r",
+                                                    "workspace_name": "config-above"})
+    assert workspace.workspace_ref(AzureSettings(), deep).workspace_name == "config-above"
+    folder = AzureSettings(config_file=str(deep))
+    assert workspace.workspace_ref(folder, tmp_path).workspace_name == "config-above"
+
+
 def test_no_or_partial_workspace_configuration_is_one_line_with_what_to_do(tmp_path):
     with pytest.raises(ToolkitError, match="no Azure ML workspace configured") as e:
         workspace.workspace_ref(AzureSettings(), tmp_path)
@@ -163,10 +179,24 @@ def test_cli_auth_without_az_says_how_to_sign_in(monkeypatch, tmp_path):
     assert "az login" in e.value.hint
 
 
-def test_cli_auth_takes_the_token_az_prints(monkeypatch, tmp_path):
+def test_cli_auth_takes_the_token_az_prints_and_fetches_a_new_one_when_it_gets_old(monkeypatch, tmp_path):
     fake_az = tmp_path / "az"
     fake_az.write_text("#!/bin/sh\necho arm-token-from-az\n")
     fake_az.chmod(0o755)
     monkeypatch.setenv("PATH", str(tmp_path))
     auth = workspace.make_auth("cli", {})
     assert auth.get_authentication_header() == {"Authorization": "Bearer arm-token-from-az"}
+    fake_az.write_text("#!/bin/sh\necho newer-token\n")
+    assert auth.get_authentication_header() == {"Authorization": "Bearer arm-token-from-az"}  # still fresh
+    auth.REFRESH_AFTER = 0
+    assert auth.get_authentication_header() == {"Authorization": "Bearer newer-token"}
+
+
+def test_cli_auth_when_az_has_no_login_is_one_line(monkeypatch, tmp_path):
+    fake_az = tmp_path / "az"
+    fake_az.write_text("#!/bin/sh\necho 'ERROR: Please run az login to setup account.' >&2\nexit 1\n")
+    fake_az.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(ToolkitError, match="the Azure CLI gave no token: ERROR: Please run az login") as e:
+        workspace.make_auth("cli", {})
+    assert e.value.hint == workspace.LOGIN_HINT

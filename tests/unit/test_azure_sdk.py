@@ -7,8 +7,6 @@ expected configuration. Nothing is mocked and nothing is contacted.
 
 from __future__ import annotations
 
-import inspect
-
 import pytest
 
 from amltrain.azure import environment, submit
@@ -141,17 +139,78 @@ def test_registry_credentials_only_for_another_registry_with_a_user(source):
     env = environment.serialized(environment.definition(ref, other, environ={"AMLTRAIN_REGISTRY_PASSWORD": "pw1"}))
     assert env["docker"]["baseImageRegistry"]["address"] == "myacr.azurecr.io"
     assert env["docker"]["baseImageRegistry"]["username"] == "puller"
+    assert env["docker"]["baseImageRegistry"]["password"] == "pw1"  # Azure ML needs it to pull
     assert submit.masked(env)["docker"]["baseImageRegistry"]["password"] == "****"
     with pytest.raises(ToolkitError, match="AMLTRAIN_REGISTRY_PASSWORD"):
         environment.definition(ref, other, environ={})
 
 
-def test_the_serializer_is_the_one_experiment_submit_uses():
-    """A guard: if a new SDK stopped using these functions, the dry run would no longer show what is sent."""
+@pytest.fixture
+def posted_by_the_sdk(monkeypatch):
+    """The run configuration azureml-core's own submit path (``script_run_config.submit``, which
+    ``Experiment.submit`` calls) puts in its request, taken where it leaves for the network: service discovery,
+    the snapshot upload and the HTTP calls are answered here; everything from the ScriptRunConfig to the request
+    body is the SDK's. Any other call to Azure fails the test."""
+    import requests
     from azureml._execution import _commands
-    from azureml.core import script_run_config
+    from azureml._restclient import service_context
+    from azureml._restclient.clientbase import ClientBase
+    from azureml.core import Workspace, script_run_config
+    from azureml.core.authentication import ArmTokenAuthentication
 
-    assert "get_run_config_from_script_run(script_run_config)" in inspect.getsource(script_run_config.submit)
-    sent = inspect.getsource(_commands._start_internal)
-    assert '"Configuration": _serialize_run_config_to_dict(run_config_object)' in sent
-    assert sent.index("_run_config_modification(run_config_object)") < sent.index('"Configuration"')
+    class Posted(Exception):
+        pass
+
+    posted = {}
+
+    def network(func, *args, **kwargs):
+        if func is requests.post and "Configuration" in (kwargs.get("json") or {}):
+            posted.update(kwargs["json"])
+            raise Posted
+        raise AssertionError(f"unexpected call to Azure: {getattr(func, '__name__', func)} {args[:1]}")
+
+    class Snapshots:
+        def __init__(self, *_):
+            pass
+
+        def create_snapshot(self, *_args, **_kwargs):
+            return "snapshot-id"
+
+    def no_network(*args, **_kwargs):
+        raise AssertionError(f"unexpected HTTP request: {args[1:3]}")
+
+    monkeypatch.setattr(service_context, "get_service_url", lambda *a, **k: "https://westeurope.api.azureml.ms")
+    monkeypatch.setattr(_commands, "SnapshotsClient", Snapshots)
+    monkeypatch.setattr(ClientBase, "_execute_func", staticmethod(network))
+    monkeypatch.setattr(requests.Session, "request", no_network)
+    workspace = Workspace("sub", "rg", "ws", auth=ArmTokenAuthentication("arm-token", cloud="AzureCloud"),
+                          _location="westeurope", _workspace_id="00000000-0000-0000-0000-000000000000",
+                          _disable_service_check=True)
+
+    def configuration(src) -> dict:
+        posted.clear()
+        with pytest.raises(Posted):
+            script_run_config.submit(src, workspace, "fowl")
+        return posted["Configuration"]
+
+    return configuration
+
+
+@pytest.mark.parametrize("launch, nodes, procs, command, inputs", [
+    ("per-process", 1, 1, "", []),
+    ("per-process", 2, 2, "", ["fowl=azureml:fowl-images:3"]),
+    ("per-node", 2, 2, "torchrun --nnodes 2 --node_rank $NODE_RANK train/pytorch_train.py "
+                       "--data $AZUREML_DATAREFERENCE_raw", ["raw=datastore:workspaceblobstore/raw"]),
+    ("mpi", 2, 4, "", []),
+])
+def test_the_dry_run_body_is_what_the_sdk_posts(source, posted_by_the_sdk, launch, nodes, procs, command, inputs):
+    arguments = ("--data-dir", "${{inputs.fowl}}") if inputs and not command else ("--num-epochs", "1")
+    j = job(source, launch=launch, nodes=nodes, procs=procs, command=command, arguments=arguments,
+            env={"NCCL_DEBUG": "INFO"})
+    plan = submit.plan(j, SETTINGS, "gpu4", inputs, "mcr.microsoft.com/azureml/openmpi5.0-ubuntu24.04:x", True)
+    ref = environment.environment_ref(SETTINGS, "gpu", LOCAL_REF, "wsacr.azurecr.io")
+    src = submit.script_run_config(plan, environment.definition(ref, SETTINGS, environ={}), SETTINGS)
+    printed = submit.service_configuration(src)
+    sent = posted_by_the_sdk(src)
+    assert sent == printed
+    assert (sent["nodeCount"], sent["target"]) == (nodes, "gpu4")  # and it is this job's, not an empty one
