@@ -39,6 +39,10 @@ auth:
     realm: amltrain-test
     path: {htpasswd}
 """
+READ_ONLY = """  maintenance:
+    readonly:
+      enabled: true
+"""
 
 
 def free_port() -> int:
@@ -87,15 +91,19 @@ def binaries_or_skip() -> dict[str, str]:
     return found
 
 
-def start(folder: Path, users: dict[str, str]) -> LocalRegistry:
+def start(folder: Path, users: dict[str, str], read_only: bool = False) -> LocalRegistry:
+    """``read_only``: the registry refuses every upload (its maintenance mode), answering everything else."""
     found = binaries_or_skip()
     folder.mkdir(parents=True, exist_ok=True)
     entries = [subprocess.run([found["htpasswd"], "-Bbn", user, password], check=True, capture_output=True,
                               text=True).stdout.strip() for user, password in users.items()]
     (folder / "htpasswd").write_text("\n".join(entries) + "\n")
     address = f"127.0.0.1:{free_port()}"
-    (folder / "config.yml").write_text(CONFIG.format(root=folder / "data", address=address,
-                                                     htpasswd=folder / "htpasswd"))
+    config = CONFIG.format(root=folder / "data", address=address, htpasswd=folder / "htpasswd")
+    if read_only:
+        config = config.replace(f"    rootdirectory: {folder / 'data'}\n",
+                                f"    rootdirectory: {folder / 'data'}\n{READ_ONLY}")
+    (folder / "config.yml").write_text(config)
     log = folder / "registry.log"
     with open(log, "wb") as sink:
         process = subprocess.Popen([found["docker-registry"], "serve", str(folder / "config.yml")],

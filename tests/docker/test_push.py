@@ -3,13 +3,14 @@
 The image pushed is tiny (one 6-byte file, made with ``docker import``) and tagged with the content-addressed
 name ``invoke build`` would give the CPU target under a test repository, so the real task pushes it without a
 6 GB training image. Tests: push, then nothing sent when the registry has that digest (no blob upload in the
-registry's log), a wrong password, an unreachable registry after retries, an image never built, credentials
-kept out of every output and out of Docker's config file, and the AAD login path with a workspace backend
-stand-in (tests.azure_fake) feeding register and submit.
+registry's log), a wrong password, an unreachable registry after retries, an upload refused in the push stream
+(a read-only registry), an image never built, credentials kept out of every output and out of Docker's config
+file, and the AAD login path with a workspace backend stand-in (tests.azure_fake) feeding register and submit.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import io
 import json
@@ -131,6 +132,24 @@ def test_an_unreachable_registry_is_one_line_after_retries(registry, cpu_ref):
     assert result.stderr.startswith(f"error: login as {USER} at {address} failed after 3 attempt(s)")
     assert "connection refused" in result.stderr and result.stderr.strip().count("\n") == 0
     assert result.stdout.count("retrying in") == 2
+    assert PASSWORD not in result.stdout + result.stderr
+
+
+def test_a_push_refused_in_the_stream_is_one_line_and_not_retried(docker_client, tmp_path_factory, cpu_ref):
+    """docker-py raises nothing when a push fails: here a read-only registry accepts the login and refuses the
+    upload, the engine says so only in an event of the push stream, and the task reports it."""
+    read_only = local_registry.start(tmp_path_factory.mktemp("read-only-registry"), {USER: PASSWORD},
+                                     read_only=True)
+    try:
+        result = invoke("push", "--target", "cpu", env=basic_env(read_only))
+    finally:
+        local_registry.stop(read_only)
+        with contextlib.suppress(Exception):  # the remote tag push made on this engine
+            docker_client.images.remove(f"{read_only.address}/{cpu_ref}")
+    assert result.returncode == 1, result.stdout
+    assert result.stderr.startswith(f"error: push at {read_only.address} failed: "), result.stderr
+    assert "405" in result.stderr and result.stderr.strip().count("\n") == 0
+    assert "retrying" not in result.stdout and "pushed " not in result.stdout
     assert PASSWORD not in result.stdout + result.stderr
 
 

@@ -1,4 +1,5 @@
-"""Against a real Azure ML workspace: runs only when asked (AZUREML_LIVE=1) and a workspace is configured.
+"""Against a real Azure ML workspace: runs only when asked (AZUREML_LIVE=1) and a workspace and Azure
+credentials are there.
 
     AZUREML_LIVE=1 AZUREML_LIVE_COMPUTE=cpu-cluster ./dev pytest tests/live -rs
 
@@ -6,7 +7,7 @@ Credentials are whatever `invoke` would use (az login, a service principal, a ma
 workspace is the config.json / azure.* settings the tasks read. It signs in, reads the workspace's registry,
 and, with AZUREML_LIVE_COMPUTE naming an existing cluster and the CPU image built, pushes, registers and
 submits a one-process job of the probe script with --wait (minutes, and it costs compute time). Otherwise every
-test says in its skip reason that it did not run, and why.
+test says in its skip reason that it did not run, and why (not asked, no workspace, no credentials).
 """
 
 from __future__ import annotations
@@ -24,14 +25,23 @@ LIVE = os.environ.get("AZUREML_LIVE") == "1"
 
 
 def _workspace_or_skip():
+    """The workspace, when a live run was asked for and a workspace and a credential are there; else a skip
+    that says which of them is missing."""
     from amltrain.azure import workspace
 
     if not LIVE:
         pytest.skip("live Azure test NOT RUN: set AZUREML_LIVE=1 (and configure a workspace) to run it")
+    settings = config.azure_settings(load_config())
     try:
-        return workspace.workspace_ref(config.azure_settings(load_config()), ROOT)
+        ref = workspace.workspace_ref(settings, ROOT)
     except ToolkitError as exc:
         pytest.skip(f"live Azure test NOT RUN: AZUREML_LIVE=1 but no workspace is configured: {exc}")
+    mode = workspace.auth_mode(settings.auth, os.environ)
+    try:
+        workspace.make_auth(mode, os.environ)  # for the Azure CLI this asks `az` for a token
+    except ToolkitError as exc:
+        pytest.skip(f"live Azure test NOT RUN: AZUREML_LIVE=1 but no Azure credentials ({mode}): {exc}")
+    return ref
 
 
 def test_sign_in_and_read_the_workspace_registry():
