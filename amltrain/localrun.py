@@ -283,7 +283,7 @@ def run(request: LocalRequest, out=None) -> None:
         archive = snapshot.tar_archive(request.snapshot_dir, request.snapshot_files, WORKDIR, uid, gid)
     token = secrets.token_hex(32)  # authenticates mpirun's agent; exists only inside the run's containers
     _make_run_dir(request, uid, gid)
-    started_at, containers, network, outcome = time.time(), [], None, None
+    started_at, containers, network, outcome, started = time.time(), [], None, None, False
     with _interrupts_as_keyboard_interrupt():
         try:
             network = client.networks.create(request.network, driver="bridge", check_duplicate=True,
@@ -294,9 +294,10 @@ def run(request: LocalRequest, out=None) -> None:
                 containers[-1].put_archive("/", _control_archive(c, token, uid, gid))
             for container in containers:
                 container.start()
+                started = True
             outcome = _supervise(containers, request, out or sys.stdout)
         except KeyboardInterrupt:
-            outcome = Outcome("Canceled", 130)
+            outcome = Outcome("Canceled", 130) if started else None
         except docker.errors.APIError as exc:
             raise _refused(exc, request) from None
         finally:
@@ -306,6 +307,8 @@ def run(request: LocalRequest, out=None) -> None:
                 remove_network(network)
             if outcome is None:  # nothing ran: leave nothing behind
                 shutil.rmtree(request.run_dir, ignore_errors=True)
+    if outcome is None:
+        raise ToolkitError(f"run {request.run_id} interrupted before it started; nothing kept", exit_code=130)
     _write_result(request, outcome, started_at)
     if outcome.status == "Canceled":
         how = "cancelled (invoke local-cancel)" if (request.run_dir / CANCEL_MARK).exists() else "interrupted"

@@ -62,7 +62,7 @@ def test_the_script_sees_azure_mls_runtime_contract(cpu_image, probe_env, tmp_pa
     assert env["AZUREML_RUN_ID"] == run_id and env["MASTER_ADDR"]
     assert report["shm_bytes"] == 2 * 1024**3
     assert report["cwd"] == "/mnt/azureml/wd" and report["cwd_writable"] == "yes"
-    assert report["files"] == [".amlignore", "probe.py"]  # the snapshot, without what .amlignore excludes
+    assert report["files"] == [".amlignore", "dist_probe.py", "probe.py"]  # the snapshot, less .amlignore's
     assert report["argv"] == ["--input", "/mnt/azureml/inputs/data"]
     assert report["input_files"] == ["sample.txt"] and report["input_writable"] == "EROFS"
     assert (report["uid"], report["gid"]) == (uid, gid)
@@ -185,5 +185,5 @@ def test_baked_code_runs_from_the_image_not_from_the_working_tree(cpu_image, pro
         report = json.loads((Path(run_dir_of(result.stdout)) / "outputs/probe.json").read_text())
         assert report["cwd_writable"] == "yes"
         runs[mode] = report["files"]
-    assert runs["--baked"] == [".amlignore", "probe.py", "unique.txt"]
-    assert runs["--working-tree"] == [".amlignore", "added_after_bake.py", "probe.py", "unique.txt"]
+    assert runs["--baked"] == [".amlignore", "dist_probe.py", "probe.py", "unique.txt"]
+    assert runs["--working-tree"] == [".amlignore", "added_after_bake.py", "dist_probe.py", "probe.py", "unique.txt"]
