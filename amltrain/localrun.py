@@ -1,7 +1,7 @@
 """Run a job in local Docker with the runtime contract of an Azure ML cluster run.
 
 Concept map: a local run is one container per node, made from the job's image, on a private network
-made for the run (hostnames ``node-0``, ``node-1``, … resolve on it). Each container gets a writable
+made for the run when there are several (hostnames ``node-0``, ``node-1``, … resolve on it). Each container gets a writable
 copy of the source-directory snapshot as its working directory, ``outputs/`` and ``logs/`` bind-mounted
 from ``runs/<run-id>/`` on the host (shared by all nodes), data inputs mounted read-only, ``/dev/shm``
 of Azure ML's size, and the environment variables Azure ML sets for the launch mode. In each container
@@ -195,7 +195,9 @@ def local_request(job: JobSpec, image: str, settings: LocalSettings, run_id: str
         *([Mount(str(settings.cache_dir), CACHE)] if settings.cache_dir else []),
         *(Mount(str(path), input_path(name), read_only=True) for name, path in sorted(job.inputs.items())),
     )
-    network = f"amltrain-{run_id}"
+    # Nodes find each other on a network of their own; one node needs none (Docker's default bridge is
+    # quicker to start, and the hostname resolves inside the container all the same).
+    network = f"amltrain-{run_id}" if job.distribution.nodes > 1 else ""
     containers = tuple(ContainerRequest(
         name=f"{run_id}-node-{node}",
         image=image,
@@ -230,7 +232,7 @@ def describe(request: LocalRequest) -> dict:
     for c in request.containers:
         plan = json.loads(c.plan) if c.plan else {}
         entry = {
-            "name": c.name, "image": c.image, "hostname": c.hostname, "network": c.network,
+            "name": c.name, "image": c.image, "hostname": c.hostname, "network": c.network or "default bridge",
             "command": list(c.command), "working_dir": c.working_dir, "user": c.user, "shm_size": c.shm_size,
             "gpus": c.gpus or "none",
             "environment": {k: mask(k, v) for k, v in sorted(c.environment.items())},
@@ -250,7 +252,7 @@ def describe(request: LocalRequest) -> dict:
         "run_id": request.run_id,
         "run_dir": str(request.run_dir),
         "launch": d.launch, "nodes": d.nodes, "procs_per_node": d.procs_per_node,
-        "network": request.network,
+        "network": request.network or "default bridge (one node)",
         "snapshot": ({"source": f"image:{request.code_in_image}"} if request.code_in_image else
                      {"source": str(request.snapshot_dir), "files": len(request.snapshot_files)})
         | {"copied_to": WORKDIR},
@@ -286,8 +288,9 @@ def run(request: LocalRequest, out=None) -> None:
     started_at, containers, network, outcome, started = time.time(), [], None, None, False
     with _interrupts_as_keyboard_interrupt():
         try:
-            network = client.networks.create(request.network, driver="bridge", check_duplicate=True,
-                                              labels={LABEL_RUN_ID: request.run_id})
+            if request.network:
+                network = client.networks.create(request.network, driver="bridge", check_duplicate=True,
+                                                  labels={LABEL_RUN_ID: request.run_id})
             for c in request.containers:
                 containers.append(_create(client, c))
                 containers[-1].put_archive("/", archive)

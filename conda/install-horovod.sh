@@ -25,6 +25,10 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore PIP_NO_WARN_S
 work=$(mktemp -d /tmp/amltrain-horovod.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 
+python -c 'import os, sysconfig; assert os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h"))' 2>/dev/null || {
+    echo "error: Horovod compiles against Python's headers and this base has none (Python.h); on a Debian/Ubuntu base add python3-dev to images.<target>.system_packages (an old stand-in base: invoke standin-base --force)" >&2
+    exit 1
+}
 std=$(python -c 'import torch; v = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2]); print(20 if v >= (2, 14) else 17 if v >= (2, 1) else 14)')
 echo "Horovod $version: C++$std for torch $(python -c 'import torch; print(torch.__version__)')"
 

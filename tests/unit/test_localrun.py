@@ -34,7 +34,7 @@ def settings(tmp_path) -> LocalSettings:
 def test_request_is_exactly_azure_mls_single_node_contract(job, settings, tmp_path):
     request = localrun.local_request(job, "amltrain/train:cpu-abc", settings, run_id="fowl_1_ab")
     run_dir = tmp_path / "runs/fowl_1_ab"
-    assert request.run_dir == run_dir and request.network == "amltrain-fowl_1_ab"
+    assert request.run_dir == run_dir and request.network == ""  # one node: Docker's default bridge
     assert request.snapshot_files == ("train/job.py",)
     (container,) = request.containers
     assert replace(container, plan="") == ContainerRequest(
@@ -61,7 +61,6 @@ def test_request_is_exactly_azure_mls_single_node_contract(job, settings, tmp_pa
         ),
         labels=frozen_map({"amltrain.run-id": "fowl_1_ab", "amltrain.node-rank": "0",
                            "amltrain.experiment": "fowl", "amltrain.run-dir": str(run_dir)}),
-        network="amltrain-fowl_1_ab",
     )
     assert json.loads(container.plan) == {
         "mode": "run", "node_rank": 0, "prefix": False, "status_dir": "/mnt/azureml/wd/logs/system_logs/launcher",
