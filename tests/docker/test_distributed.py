@@ -103,6 +103,7 @@ def test_local_status_logs_and_cancel_work_from_another_shell(cpu_image, probe_e
     proc = subprocess.Popen([sys.executable, "-m", "invoke", "run-local", "--script", "dist_probe.py",
                              "--args", "--sleep 300", "--nodes", "2"], cwd=ROOT, env={**os.environ, **probe_env},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    follow = None
     try:
         run_dir = Path(run_dir_of(proc.stdout.readline()))
         deadline = time.monotonic() + 120
@@ -113,14 +114,19 @@ def test_local_status_logs_and_cancel_work_from_another_shell(cpu_image, probe_e
         assert f"{run_dir.name}" in status.stdout and "Running" in status.stdout, status.stdout + status.stderr
         logs = invoke("local-logs", "--run", run_dir.name, env=probe_env)
         assert "[rank 1] all-reduce sum 3 on node-1" in logs.stdout, logs.stdout + logs.stderr
+        follow = subprocess.Popen([sys.executable, "-m", "invoke", "local-logs", "--run", run_dir.name, "--follow"],
+                                  cwd=ROOT, env={**os.environ, **probe_env}, stdout=subprocess.PIPE, text=True)
         started = time.monotonic()
         cancel = invoke("local-cancel", "--run", run_dir.name, env=probe_env)
         assert cancel.returncode == 0 and "cancelled" in cancel.stdout, cancel.stderr
         _, stderr = proc.communicate(timeout=60)
         assert time.monotonic() - started < 30
+        followed, _ = follow.communicate(timeout=30)  # --follow ends by itself when the run does
+        assert follow.returncode == 0 and "[rank 0] all-reduce sum 3 on node-0" in followed
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        for process in (proc, follow):
+            if process is not None and process.poll() is None:
+                process.kill()
     assert proc.returncode == 130 and "cancelled (invoke local-cancel)" in stderr, stderr
     assert_gone(docker_client, run_dir)
     assert json.loads((run_dir / "result.json").read_text())["status"] == "Canceled"

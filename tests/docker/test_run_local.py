@@ -135,12 +135,14 @@ def test_a_container_docker_refuses_leaves_no_run_folder_and_no_container(cpu_im
     from amltrain.errors import ToolkitError
     from tests.conftest import load_config
 
-    cfg = load_config({"job": {"source_dir": "tests/docker/probe", "script": "probe.py", "experiment": "probe"},
+    cfg = load_config({"job": {"source_dir": "tests/docker/probe", "script": "probe.py", "experiment": "probe",
+                               "distribution": {"nodes": 2}},
                        "local": {"runs_dir": str(tmp_path / "runs"), "cache_dir": str(tmp_path / "cache")}})
     job = config.job_spec(cfg, ROOT)
     run_id = f"probe_conflict_{os.getpid()}"
     request = localrun.local_request(job, cpu_image, config.local_settings(cfg, ROOT), run_id=run_id)
-    squatter = docker_client.containers.create(cpu_image, ["true"], name=f"{run_id}-node-0")  # the name is taken
+    # node-0 is made, node-1's name is taken: what was made must go again, the run's network too
+    squatter = docker_client.containers.create(cpu_image, ["true"], name=f"{run_id}-node-1")
     try:
         with pytest.raises(ToolkitError, match=f"Docker refused run {run_id}") as err:
             localrun.run(request)
