@@ -147,6 +147,8 @@ def build_settings(cfg: Mapping[str, Any]) -> BuildSettings:
         pip_extra_index_urls=words(build.get("pip_extra_index_urls")),
         pip_find_links=words(build.get("pip_find_links")),
         pip_trusted_hosts=words(build.get("pip_trusted_hosts")),
+        cache_from=words(build.get("cache_from")),
+        cache_to=words(build.get("cache_to")),
     )
 
 

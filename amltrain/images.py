@@ -95,7 +95,7 @@ class BuildRequest:
 
     def render(self) -> str:
         lines = [f"image: {self.image}", f"content hash: {self.content_hash}",
-                 "command: DOCKER_BUILDKIT=1 " + " ".join(self.argv)]
+                 "command: DOCKER_BUILDKIT=1 " + mask_url_credentials(" ".join(self.argv))]
         for sid, value in self.secrets.items():
             if isinstance(value, Path):
                 lines.append(f"secret {sid}: file {value}")
@@ -122,6 +122,12 @@ def build_request(spec: ImageSpec, settings: BuildSettings) -> BuildRequest:
     for key, value in build_args(spec).items():
         argv += ["--build-arg", f"{key}={value}"]
     argv += ["--label", f"{CONTENT_LABEL}={digest}", "--label", f"amltrain.target={spec.target}"]
+    for ref in settings.cache_from:
+        argv += ["--cache-from", ref]
+    for ref in settings.cache_to:
+        argv += ["--cache-to", ref]
+    if settings.cache_to:  # buildx builders other than the engine's own keep the image to themselves otherwise
+        argv.append("--load")
     for sid, value in secrets.items():
         src = value if isinstance(value, Path) else f"SECRETS_DIR/{sid}"
         argv += ["--secret", f"id={sid},src={src}"]

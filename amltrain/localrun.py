@@ -1,13 +1,13 @@
 """Run a job in local Docker with the runtime contract of an Azure ML cluster run.
 
 Concept map: a local run is one container per node, made from the job's image, on a private network
-made for the run when there are several (hostnames ``node-0``, ``node-1``, … resolve on it). Each container gets a writable
-copy of the source-directory snapshot as its working directory, ``outputs/`` and ``logs/`` bind-mounted
-from ``runs/<run-id>/`` on the host (shared by all nodes), data inputs mounted read-only, ``/dev/shm``
-of Azure ML's size, and the environment variables Azure ML sets for the launch mode. In each container
-``launcher.py`` starts the processes as Azure ML would (per process, per node, or through mpirun) from a
-plan made here. Containers and network carry the run id as a label, so later tasks can find, follow and
-cancel a run from any shell.
+made for the run when there are several (hostnames ``node-0``, ``node-1``, … resolve on it). Each
+container gets a writable copy of the source-directory snapshot as its working directory, ``outputs/``
+and ``logs/`` bind-mounted from ``runs/<run-id>/`` on the host (shared by all nodes), data inputs mounted
+read-only, ``/dev/shm`` of Azure ML's size, and the environment variables Azure ML sets for the launch
+mode. In each container ``launcher.py`` starts the processes as Azure ML would (per process, per node,
+or through mpirun) from a plan made here. Containers and network carry the run id as a label, so later
+tasks can find, follow and cancel a run from any shell.
 
 ``local_request`` is pure (what ``--dry-run`` prints); ``run`` executes a request and returns nothing
 on success, raising ``ToolkitError`` with the failed rank's exit code otherwise.

@@ -52,6 +52,10 @@ class BuildSettings:
     pip_find_links: tuple[str, ...] = ()
     pip_trusted_hosts: tuple[str, ...] = ()
     wheelhouse: str = ""  # a host folder of wheels, mounted into the install step as a find-links folder
+    # BuildKit layer caches to read and write (--cache-from/--cache-to, e.g. type=gha in GitHub Actions);
+    # writing one needs a buildx client.
+    cache_from: tuple[str, ...] = ()
+    cache_to: tuple[str, ...] = ()
 
 
 LAUNCH_MODES = ("per-process", "per-node", "mpi")

@@ -155,3 +155,22 @@ def test_code_image_tag_follows_the_snapshot_content(tmp_path):
     (tmp_path / "train.py").write_text("print(2)\n")
     assert images.code_build_request("amltrain/train:cpu-0123456789ab", tmp_path, files, "docker").image != first.image
     assert first.dockerfile() == "FROM amltrain/train:cpu-0123456789ab\nCOPY code/ /opt/amltrain/code/\n"
+
+
+def test_layer_caches_reach_the_build_and_not_the_tag(spec):
+    plain = images.build_request(spec, BuildSettings(docker_cli="docker"))
+    cached = images.build_request(spec, BuildSettings(docker_cli="docker", cache_from=("type=gha,scope=cpu",),
+                                                      cache_to=("type=gha,mode=max,scope=cpu",)))
+    assert cached.image == plain.image
+    argv = list(cached.argv)
+    assert argv[argv.index("--cache-from") + 1] == "type=gha,scope=cpu"
+    assert argv[argv.index("--cache-to") + 1] == "type=gha,mode=max,scope=cpu"
+    assert "--load" in argv and "--load" not in plain.argv and "--cache-from" not in plain.argv
+
+
+def test_cache_settings_come_from_the_configuration():
+    from amltrain import config
+    from tests.conftest import load_config
+
+    settings = config.build_settings(load_config({"build": {"cache_from": "type=gha,scope=cpu type=local,src=/c"}}))
+    assert settings.cache_from == ("type=gha,scope=cpu", "type=local,src=/c") and settings.cache_to == ()
