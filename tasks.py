@@ -15,7 +15,7 @@ from pathlib import Path
 
 from invoke import Exit, task
 
-from amltrain import config, engine, images, localcontrol, localrun, snapshot, standin
+from amltrain import config, engine, images, localcontrol, localexec, localrun, snapshot, standin
 from amltrain.errors import ToolkitError
 
 ROOT = Path(__file__).resolve().parent
@@ -352,7 +352,7 @@ def _run_local(c, *, target, script, args, inputs, env, user, dry_run, inputs_ma
     shape = "" if d.single_process else f", {d.nodes} node(s) x {d.procs_per_node} process(es), {d.launch}"
     print(f"run {request.run_id}: {image}{shape}, results in {request.run_dir}", flush=True)
     started = time.monotonic()
-    localrun.run(request)
+    localexec.run(request)
     print(f"run {request.run_id} completed in {time.monotonic() - started:.1f} s; outputs in "
           f"{request.run_dir / 'outputs'}")
 

@@ -206,6 +206,9 @@ def job_spec(
     )
 
 
+NPROC_PER_NODE = re.compile(r"--nproc[_-]per[_-]node[= ]+(\d+)\b")  # torchrun's, in a per-node command
+
+
 def _count(value: Any, what: str) -> int:
     if isinstance(value, bool) or not str(value).strip().isdigit() or int(value) < 1:
         raise ToolkitError(f"{what} must be a whole number of at least 1, got {value!r}", f"e.g. --{what} 2")
@@ -227,7 +230,13 @@ def distribution_spec(configured: Mapping[str, Any], *, launch: str | None = Non
     )
     if launch == "per-node" and not command:
         raise ToolkitError("--launch per-node starts your --command once per node, and no command was given",
-                           'e.g. --command "torchrun --nnodes $WORLD_SIZE --node_rank $NODE_RANK … train/x.py"')
+                           'e.g. --command "torchrun --nproc_per_node 2 --nnodes 2 --node_rank $NODE_RANK … x.py"')
+    launched = NPROC_PER_NODE.search(command) if launch == "per-node" else None
+    if launched:  # the launcher in the command starts the processes: its count is the one that needs GPUs
+        if procs_per_node is not None and int(procs_per_node) != int(launched.group(1)):
+            raise ToolkitError(f"--procs-per-node {procs_per_node} but the command starts {launched.group(1)} "
+                               "processes per node (--nproc_per_node)", "give the same number, or drop one")
+        result = Distribution(launch, result.nodes, int(launched.group(1)))
     return result
 
 
@@ -261,6 +270,8 @@ def node_gpus(gpus: str, distribution: Distribution, count_host_gpus: Callable[[
     if gpus == "all" and distribution.nodes == 1 and distribution.procs_per_node == 1:
         return ("all",)
     ids = [str(i) for i in range(count_host_gpus())] if gpus == "all" else gpus.split(",")
+    if len(set(ids)) != len(ids):
+        raise ToolkitError(f"local.gpus {gpus} names a GPU twice", "list each device id once, e.g. 0,1")
     share = len(ids) // distribution.nodes
     if share < distribution.procs_per_node:
         raise ToolkitError(
@@ -268,6 +279,12 @@ def node_gpus(gpus: str, distribution: Distribution, count_host_gpus: Callable[[
             f"but {len(ids)} GPU(s) over {distribution.nodes} node(s) give {share} each",
             "NCCL would fail with a duplicate GPU; lower --procs-per-node or --nodes, or set local.gpus=none "
             "for a CPU (gloo) run")
+    if gpus != "all":
+        present = count_host_gpus()
+        missing = [i for i in ids if int(i) >= present]
+        if missing:
+            raise ToolkitError(f"local.gpus {gpus}: this host has {present} GPU(s), no device {missing[0]}",
+                               "nvidia-smi -L lists the device ids")
     return tuple(",".join(ids[i * share:(i + 1) * share]) for i in range(distribution.nodes))
 
 

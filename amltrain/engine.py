@@ -50,8 +50,10 @@ def image_exists(client, ref: str) -> bool:
     return True
 
 
+@functools.lru_cache(maxsize=1)
 def host_gpu_count() -> int:
-    """NVIDIA GPUs on this host, as nvidia-smi lists them (0 without the driver, or when it hangs)."""
+    """NVIDIA GPUs on this host, as nvidia-smi lists them (0 without the driver, or when it hangs); asked
+    once per process."""
     import shutil
     import subprocess
 

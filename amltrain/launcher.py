@@ -20,6 +20,7 @@ from __future__ import annotations
 import hmac
 import json
 import os
+import queue
 import signal
 import socket
 import struct
@@ -64,11 +65,12 @@ def tee(stream, log_path: str, prefix: bytes) -> threading.Thread:
     return thread
 
 
-def record_failure(plan: dict, label: str, rank: int, code: int, log: str) -> None:
-    """What the host reads to say which rank failed first (the earliest record wins)."""
+def record_failure(plan: dict, label: str, rank: int, code: int, log: str, when: float) -> None:
+    """What the host reads to say which rank failed first: the earliest ``when`` (the moment the process
+    ended, not when it was noticed) wins."""
     os.makedirs(plan["status_dir"], exist_ok=True)
     record = {"label": label, "rank": rank, "node_rank": plan["node_rank"], "exit_code": code, "log": log,
-              "time": time.time()}
+              "time": when}
     path = os.path.join(plan["status_dir"], f"{label.replace(' ', '_')}.json")
     with open(path + ".tmp", "w") as f:
         json.dump(record, f)
@@ -103,11 +105,26 @@ def _raise_stopped(signum, frame):
     raise Stopped(signum)
 
 
+def catch_stop_signals() -> None:
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, _raise_stopped)
+
+
+def ignore_stop_signals() -> None:
+    """Once shutting down, a second signal must not cut the shutdown short."""
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_IGN)
+
+
 def run(plan: dict) -> int:
     """Start the processes of this node; the first failure stops the rest (a gang, like Azure ML's)."""
-    children, pumps = [], []
-    signal.signal(signal.SIGTERM, _raise_stopped)
-    signal.signal(signal.SIGINT, _raise_stopped)
+    children, pumps, exits = [], [], queue.Queue()
+
+    def wait(proc, child):  # stamps the moment each process ends, for naming the first failure right
+        code = exit_status(child.wait())
+        exits.put((proc, code, time.time()))
+
+    catch_stop_signals()
     try:
         for proc in plan["processes"]:
             child = subprocess.Popen(plan["command"], env={**os.environ, **proc["env"]}, stdout=subprocess.PIPE,
@@ -115,24 +132,33 @@ def run(plan: dict) -> int:
             children.append(child)
             prefix = f"[{proc['label']}] ".encode() if plan["prefix"] else b""
             pumps.append(tee(child.stdout, proc["log"], prefix))
-        while True:
-            codes = [child.poll() for child in children]
-            for proc, code in zip(plan["processes"], codes, strict=True):
-                if code is not None and code != 0:
-                    status = exit_status(code)
-                    record_failure(plan, proc["label"], proc["rank"], status, proc["log"])
-                    stop(children)
-                    for pump in pumps:
-                        pump.join(2)
-                    return status
-            if all(code is not None for code in codes):
-                for pump in pumps:
-                    pump.join()
-                return 0
-            time.sleep(0.1)
+            threading.Thread(target=wait, args=(proc, child), daemon=True).start()
+        for _ in children:
+            while True:
+                try:
+                    proc, code, when = exits.get(timeout=0.5)
+                    break
+                except queue.Empty:
+                    continue
+            if code != 0:
+                ignore_stop_signals()
+                record_failure(plan, proc["label"], proc["rank"], code, proc["log"], when)
+                stop(children)
+                _join(pumps, 2)
+                return code
+        stop(children)  # background jobs left behind (tensorboard &) would hold the output pipes open
+        _join(pumps, 5)
+        return 0
     except Stopped as stopped:
+        ignore_stop_signals()
         stop(children)
         return 128 + stopped.signum
+
+
+def _join(threads, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
 
 
 def wait_for_nodes(hosts: list[str], port: int) -> None:
@@ -151,18 +177,21 @@ def wait_for_nodes(hosts: list[str], port: int) -> None:
 
 def run_mpirun(plan: dict) -> int:
     """Node 0 of an MPI run: mpirun across all nodes; its output also goes to user_logs/mpi_log.txt."""
-    signal.signal(signal.SIGTERM, _raise_stopped)
-    wait_for_nodes(plan["workers"], plan["exec_port"])
-    child = subprocess.Popen(plan["mpirun"], env={**os.environ, **plan["mpirun_env"]}, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-    pump = tee(child.stdout, plan["mpi_log"], b"")
+    catch_stop_signals()
+    child = None
     try:
-        code = child.wait()
-    except (Stopped, KeyboardInterrupt):
-        stop([child])
-        return 143
+        wait_for_nodes(plan["workers"], plan["exec_port"])
+        child = subprocess.Popen(plan["mpirun"], env={**os.environ, **plan["mpirun_env"]}, stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        pump = tee(child.stdout, plan["mpi_log"], b"")
+        code = exit_status(child.wait())
+    except Stopped as stopped:
+        ignore_stop_signals()
+        if child is not None:
+            stop([child])
+        return 128 + stopped.signum
     pump.join(5)
-    return exit_status(code)
+    return code
 
 
 # The rsh channel: the agent sends one JSON line {"token", "command"}; the server answers with frames
@@ -182,42 +211,79 @@ def _read_exact(conn, size: int) -> bytes:
     return data
 
 
-def _session(conn, token: str) -> None:
+MAX_SESSIONS = 16  # mpirun needs one per node; more is someone knocking
+REQUEST_TIMEOUT_S = 10
+
+
+def _request(conn) -> tuple[str, str] | None:
+    """(token, command) of a well-formed request, else None; an idle client is dropped after a while."""
+    conn.settimeout(REQUEST_TIMEOUT_S)
+    try:
+        request = json.loads(conn.makefile("rb").readline(1 << 16) or b"null")
+    except (OSError, ValueError):
+        return None
+    if not isinstance(request, dict):
+        return None
+    token, command = request.get("token"), request.get("command")
+    if not isinstance(token, str) or not isinstance(command, str):
+        return None
+    return token, command
+
+
+def _session(conn, token: str, slots: threading.BoundedSemaphore) -> None:
     """One remote command (an OpenMPI daemon): run it while the agent stays connected."""
     with conn:
-        request = json.loads(conn.makefile("rb").readline(1 << 20) or b"{}")
-        if not hmac.compare_digest(str(request.get("token", "")), token):
-            conn.sendall(_frame(b"X", b"255"))
+        if not slots.acquire(blocking=False):
             return
-        child = subprocess.Popen(["/bin/sh", "-c", request["command"]], stdout=subprocess.PIPE,
-                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-
-        def hang_up():  # the agent went away (mpirun ended or was killed): so does the daemon
-            try:
-                while conn.recv(1024):
-                    pass
-            except OSError:
-                pass
-            if child.poll() is None:
-                stop([child])
-
-        threading.Thread(target=hang_up, daemon=True).start()
         try:
-            for chunk in iter(lambda: child.stdout.read1(65536), b""):
-                conn.sendall(_frame(b"O", chunk))
-            conn.sendall(_frame(b"X", str(exit_status(child.wait())).encode()))
+            request = _request(conn)
+            if request is None or not hmac.compare_digest(request[0].encode(), token.encode()):
+                try:
+                    conn.sendall(_frame(b"X", b"255"))
+                except OSError:
+                    pass
+                return
+            conn.settimeout(None)
+            _relay(conn, request[1])
+        finally:
+            slots.release()
+
+
+def _relay(conn, command: str) -> None:
+    child = subprocess.Popen(["/bin/sh", "-c", command], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def hang_up():  # the agent went away (mpirun ended or was killed): so does the daemon
+        try:
+            while conn.recv(1024):
+                pass
         except OSError:
+            pass
+        if child.poll() is None:
             stop([child])
+
+    threading.Thread(target=hang_up, daemon=True).start()
+    try:
+        for chunk in iter(lambda: child.stdout.read1(65536), b""):
+            conn.sendall(_frame(b"O", chunk))
+        conn.sendall(_frame(b"X", str(exit_status(child.wait())).encode()))
+    except OSError:
+        stop([child])
 
 
 def serve(plan: dict) -> int:
     """The other nodes of an MPI run: run what node 0's mpirun asks for, until the host stops the run."""
     with open(TOKEN) as f:
         token = f.read().strip()
-    server = socket.create_server(("", plan["exec_port"]), reuse_port=False)
-    while True:
-        conn, _ = server.accept()
-        threading.Thread(target=_session, args=(conn, token), daemon=True).start()
+    catch_stop_signals()  # PID 1 ignores SIGTERM unless it says otherwise
+    slots = threading.BoundedSemaphore(MAX_SESSIONS)
+    server = socket.create_server(("", plan["exec_port"]))
+    try:
+        while True:
+            conn, _ = server.accept()
+            threading.Thread(target=_session, args=(conn, token, slots), daemon=True).start()
+    except Stopped as stopped:
+        return 128 + stopped.signum
 
 
 def rsh(words: list[str]) -> int:
@@ -251,19 +317,22 @@ def rank(command: list[str]) -> int:
     world_rank = int(os.environ.get("OMPI_COMM_WORLD_RANK", "0"))
     label = f"rank {world_rank}"
     log = plan["rank_log"].format(rank=world_rank)
-    signal.signal(signal.SIGTERM, _raise_stopped)
-    signal.signal(signal.SIGINT, _raise_stopped)
-    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                             start_new_session=True)
-    pump = tee(child.stdout, log, f"[{label}] ".encode() if plan["prefix"] else b"")
+    catch_stop_signals()
+    child = None
     try:
+        child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                 start_new_session=True)
+        pump = tee(child.stdout, log, f"[{label}] ".encode() if plan["prefix"] else b"")
         code = exit_status(child.wait())
+        when = time.time()
     except Stopped as stopped:
-        stop([child])
+        ignore_stop_signals()
+        if child is not None:
+            stop([child])
         return 128 + stopped.signum
     pump.join(5)
     if code != 0:
-        record_failure(plan, label, world_rank, code, log)
+        record_failure(plan, label, world_rank, code, log, when)
     return code
 
 

@@ -14,7 +14,8 @@ from collections import defaultdict
 from pathlib import Path
 
 from .errors import ToolkitError
-from .localrun import CANCEL_MARK, LABEL_NODE_RANK, LABEL_RUN_DIR, LABEL_RUN_ID, remove_container, remove_network
+from .localexec import remove_container, remove_network
+from .localrun import CANCEL_MARK, LABEL_NODE_RANK, LABEL_RUN_DIR, LABEL_RUN_ID
 
 RANK_LOG = re.compile(r"std_log(?:_process_(\d+))?\.txt$")
 
@@ -68,15 +69,24 @@ def status(client, runs_dir: Path, limit: int = 10) -> list[dict]:
 
 def rank_logs(folder: Path, rank: int | None = None) -> list[tuple[str, Path]]:
     """(prefix, file) of each process's log in rank order; ``rank`` picks one. A multi-process run's
-    logs are prefixed ``[rank N]`` as its live stream was; one process's log or a chosen rank's is not."""
+    logs are prefixed as its live stream was (``[rank N]``, or ``[node N]`` for a per-node launch, whose
+    logs are one per node); one process's log or a chosen rank's is not."""
+    unit = "node" if _launch(folder) == "per-node" else "rank"
     found = []
     for path in (folder / "logs/user_logs").glob("std_log*.txt"):
         match = RANK_LOG.match(path.name)
         if match and (rank is None or rank == int(match.group(1) or 0)):
             number = int(match.group(1) or 0)
-            prefix = f"[rank {number}] " if match.group(1) is not None and rank is None else ""
+            prefix = f"[{unit} {number}] " if match.group(1) is not None and rank is None else ""
             found.append((number, prefix, path))
     return [(prefix, path) for _, prefix, path in sorted(found)]
+
+
+def _launch(folder: Path) -> str:
+    try:
+        return str(json.loads((folder / "request.json").read_text()).get("launch", ""))
+    except (OSError, ValueError):
+        return ""
 
 
 def print_logs(client, folder: Path, rank: int | None, follow: bool, out) -> None:
@@ -104,17 +114,22 @@ def print_logs(client, folder: Path, rank: int | None, follow: bool, out) -> Non
 
 def cancel(client, run_id: str | None) -> list[str]:
     """Stop and remove the containers and network of one run (or of all runs); results stay. The run's
-    own `run-local` sees its containers go, reads the mark and reports the cancellation."""
+    own `run-local` sees its containers go, reads the mark and reports the cancellation. A network left
+    behind by a run whose containers are gone is removed too."""
     running = active_runs(client)
-    chosen = sorted(running) if run_id is None else [run_id]
-    if run_id is not None and run_id not in running:
+    networks = defaultdict(list)
+    for network in client.networks.list(filters={"label": LABEL_RUN_ID}):
+        networks[network.attrs.get("Labels", {}).get(LABEL_RUN_ID, "")].append(network)
+    chosen = sorted(set(running) | set(networks)) if run_id is None else [run_id]
+    if run_id is not None and run_id not in running and run_id not in networks:
         raise ToolkitError(f"no local run {run_id!r} is running", "`invoke local-status` lists the runs")
     for rid in chosen:
-        folder = Path(running[rid][0].labels.get(LABEL_RUN_DIR, ""))
-        if folder.is_dir():
+        containers = running.get(rid, [])
+        folder = Path(containers[0].labels.get(LABEL_RUN_DIR, "")) if containers else None
+        if folder and folder.is_dir():
             (folder / CANCEL_MARK).write_text(json.dumps({"by": "invoke local-cancel", "time": time.time()}) + "\n")
-        for container in running[rid]:
+        for container in containers:
             remove_container(container)
-        for network in client.networks.list(filters={"label": f"{LABEL_RUN_ID}={rid}"}):
+        for network in networks.get(rid, []):
             remove_network(network)
     return chosen

@@ -9,27 +9,18 @@ mode. In each container ``launcher.py`` starts the processes as Azure ML would (
 or through mpirun) from a plan made here. Containers and network carry the run id as a label, so later
 tasks can find, follow and cancel a run from any shell.
 
-``local_request`` is pure (what ``--dry-run`` prints); ``run`` executes a request and returns nothing
-on success, raising ``ToolkitError`` with the failed rank's exit code otherwise.
+Everything here is pure: ``local_request`` is what ``--dry-run`` prints (``describe``); ``localexec``
+runs it.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import queue
 import re
 import secrets
-import shutil
-import signal
-import sys
-import threading
 import time
-from contextlib import contextmanager
-from dataclasses import dataclass
-from pathlib import Path
 
-from . import engine, launcher, snapshot
+from . import launcher, snapshot
 from .errors import ToolkitError
 from .spec import (
     ContainerRequest,
@@ -198,10 +189,11 @@ def local_request(job: JobSpec, image: str, settings: LocalSettings, run_id: str
     # Nodes find each other on a network of their own; one node needs none (Docker's default bridge is
     # quicker to start, and the hostname resolves inside the container all the same).
     network = f"amltrain-{run_id}" if job.distribution.nodes > 1 else ""
+    plans = [node_plan(job, node, settings) for node in range(job.distribution.nodes)]
     containers = tuple(ContainerRequest(
         name=f"{run_id}-node-{node}",
         image=image,
-        command=("python", f"{launcher.CONTROL_DIR}/launcher.py", node_plan(job, node, settings)["mode"]),
+        command=("python", f"{launcher.CONTROL_DIR}/launcher.py", plans[node]["mode"]),
         working_dir=WORKDIR,
         hostname=hostname,
         user=settings.user,
@@ -212,7 +204,7 @@ def local_request(job: JobSpec, image: str, settings: LocalSettings, run_id: str
                            LABEL_RUN_DIR: str(run_dir)}),
         gpus=settings.gpus[node] if node < len(settings.gpus) else "",
         network=network,
-        plan=json.dumps(node_plan(job, node, settings), sort_keys=True),
+        plan=json.dumps(plans[node], sort_keys=True),
     ) for node, hostname in enumerate(node_hostnames(job.distribution.nodes)))
     return LocalRequest(run_id=run_id, run_dir=run_dir, snapshot_dir=job.source_dir, snapshot_files=names,
                         containers=containers, cache_dir=settings.cache_dir, code_in_image=code_in_image,
@@ -223,6 +215,25 @@ def mask(name: str, value: str) -> str:
     if SECRET_NAME.search(name) or SECRET_VALUE.search(value):
         return "****"
     return mask_url_credentials(value)
+
+
+def mask_words(words: list[str]) -> list[str]:
+    """A command line as printed: the value of an option named like a secret (``--hf-token X``,
+    ``--api-key=X``) and credentials in URLs are masked."""
+    def secret_option(name: str) -> bool:
+        return name.startswith("-") and bool(SECRET_NAME.search(name.replace("-", "_")))
+
+    masked, hide_next = [], False
+    for word in words:
+        name, sep, _ = word.partition("=")
+        if hide_next:
+            masked.append("****")
+        elif sep and secret_option(name):
+            masked.append(f"{name}=****")
+        else:
+            masked.append(mask("", word))
+        hide_next = not sep and secret_option(word)
+    return masked
 
 
 def describe(request: LocalRequest) -> dict:
@@ -240,10 +251,10 @@ def describe(request: LocalRequest) -> dict:
             "labels": dict(c.labels),
         }
         if plan.get("mode") == "run":
-            entry["processes"] = [{"label": proc["label"], "command": plan["command"], "log": proc["log"],
-                                   "environment": proc["env"]} for proc in plan["processes"]]
+            entry["processes"] = [{"label": proc["label"], "command": mask_words(plan["command"]),
+                                   "log": proc["log"], "environment": proc["env"]} for proc in plan["processes"]]
         elif plan.get("mode") == "mpirun":
-            entry["mpirun"] = plan["mpirun"]
+            entry["mpirun"] = mask_words(plan["mpirun"])
             entry["mpirun_environment"] = plan["mpirun_env"]
         if d.launch == "mpi":
             entry["ranks_set_by_mpirun"] = rank_envs(d, int(c.labels[LABEL_NODE_RANK]))
@@ -252,259 +263,10 @@ def describe(request: LocalRequest) -> dict:
         "run_id": request.run_id,
         "run_dir": str(request.run_dir),
         "launch": d.launch, "nodes": d.nodes, "procs_per_node": d.procs_per_node,
-        "network": request.network or "default bridge (one node)",
+        "network": {"name": request.network, "driver": "bridge", "labels": {LABEL_RUN_ID: request.run_id}}
+        if request.network else "default bridge (one node)",
         "snapshot": ({"source": f"image:{request.code_in_image}"} if request.code_in_image else
                      {"source": str(request.snapshot_dir), "files": len(request.snapshot_files)})
         | {"copied_to": WORKDIR},
         "containers": containers,
     }
-
-
-@dataclass
-class Outcome:
-    status: str  # Azure ML's words: Completed, Failed, Canceled
-    exit_code: int = 0
-    failed: str = ""  # "rank 3 (node 1)"
-    log: str = ""  # the failed process's log on the host
-
-
-def run(request: LocalRequest, out=None) -> None:
-    """Start one container per node on the run's network, stream every rank's output, stop the whole gang
-    when any part fails or is interrupted, and clean up always; results stay in the run folder."""
-    import docker
-
-    client = engine.connect()
-    for image in {c.image for c in request.containers}:
-        if not engine.image_exists(client, image):
-            raise ToolkitError(f"image {image} is not built", "run `invoke build` for this target first")
-    uid, _, gid = request.containers[0].user.partition(":")
-    uid, gid = int(uid), int(gid or uid)
-    if request.code_in_image:
-        archive = _archive_from_image(client, request.containers[0].image, request.code_in_image, uid, gid)
-    else:
-        archive = snapshot.tar_archive(request.snapshot_dir, request.snapshot_files, WORKDIR, uid, gid)
-    token = secrets.token_hex(32)  # authenticates mpirun's agent; exists only inside the run's containers
-    _make_run_dir(request, uid, gid)
-    started_at, containers, network, outcome, started = time.time(), [], None, None, False
-    with _interrupts_as_keyboard_interrupt():
-        try:
-            if request.network:
-                network = client.networks.create(request.network, driver="bridge", check_duplicate=True,
-                                                  labels={LABEL_RUN_ID: request.run_id})
-            for c in request.containers:
-                containers.append(_create(client, c))
-                containers[-1].put_archive("/", archive)
-                containers[-1].put_archive("/", _control_archive(c, token, uid, gid))
-            for container in containers:
-                container.start()
-                started = True
-            outcome = _supervise(containers, request, out or sys.stdout)
-        except KeyboardInterrupt:
-            outcome = Outcome("Canceled", 130) if started else None
-        except docker.errors.APIError as exc:
-            raise _refused(exc, request) from None
-        finally:
-            for container in containers:
-                remove_container(container)
-            if network is not None:
-                remove_network(network)
-            if outcome is None:  # nothing ran: leave nothing behind
-                shutil.rmtree(request.run_dir, ignore_errors=True)
-    if outcome is None:
-        raise ToolkitError(f"run {request.run_id} interrupted before it started; nothing kept", exit_code=130)
-    _write_result(request, outcome, started_at)
-    if outcome.status == "Canceled":
-        how = "cancelled (invoke local-cancel)" if (request.run_dir / CANCEL_MARK).exists() else "interrupted"
-        raise ToolkitError(f"run {request.run_id} {how}; containers and network removed, partial results in "
-                           f"{request.run_dir}", exit_code=outcome.exit_code)
-    if outcome.status == "Failed":
-        hint = "killed: out of memory?" if outcome.exit_code == 137 else f"see {outcome.log}"
-        raise ToolkitError(f"run {request.run_id} failed: {outcome.failed} exited with code {outcome.exit_code}; "
-                           "all nodes stopped", hint, exit_code=outcome.exit_code)
-
-
-def _supervise(containers, request: LocalRequest, out) -> Outcome:
-    """Stream all containers' output; the run ends when every node is done (with MPI: when node 0's mpirun
-    is), or at the first failure, which stops the rest."""
-    lock, exits = threading.Lock(), queue.Queue()
-
-    def stream(container):
-        try:
-            for chunk in container.logs(stream=True, follow=True):
-                with lock:
-                    out.write(chunk.decode("utf-8", errors="replace"))
-                    out.flush()
-        except Exception:  # the container went away mid-stream (gang stop, local-cancel)
-            pass
-
-    def wait(node, container):
-        try:
-            exits.put((node, int(container.wait().get("StatusCode", 1))))
-        except Exception:
-            exits.put((node, None))  # removed from another shell
-
-    streams = [threading.Thread(target=stream, args=(c,), daemon=True) for c in containers]
-    for node, container in enumerate(containers):
-        streams[node].start()
-        threading.Thread(target=wait, args=(node, container), daemon=True).start()
-    done, mpi = set(), request.distribution.launch == "mpi"
-    while True:
-        try:
-            node, code = exits.get(timeout=0.5)
-        except queue.Empty:
-            continue
-        if code is None or (request.run_dir / CANCEL_MARK).exists():
-            outcome = Outcome("Canceled", 130)
-            break
-        if code != 0:
-            outcome = _failure(request, node, code)
-            break
-        done.add(node)
-        if len(done) == len(containers) or (mpi and node == 0):
-            outcome = Outcome("Completed")
-            break
-    for container in containers:  # the gang stops together; a finished container is removed all the same
-        remove_container(container)
-    for thread in streams:
-        thread.join(3)
-    return outcome
-
-
-def _failure(request: LocalRequest, node: int, code: int) -> Outcome:
-    """Name the process that failed first, from the launchers' records (a container that died without one,
-    e.g. killed for memory, is named by its node)."""
-    records = []
-    for path in (request.run_dir / "logs/system_logs/launcher").glob("*.json"):
-        try:
-            records.append(json.loads(path.read_text()))
-        except (OSError, ValueError):
-            continue
-    if not records:
-        return Outcome("Failed", code, f"node {node}", str(request.run_dir / "logs/user_logs"))
-    first = min(records, key=lambda r: r["time"])
-    where = first["label"] if first["label"].startswith("node") else f"{first['label']} (node {first['node_rank']})"
-    log = request.run_dir / Path(first["log"]).relative_to(WORKDIR)
-    return Outcome("Failed", int(first["exit_code"]), where, str(log))
-
-
-def _write_result(request: LocalRequest, outcome: Outcome, started_at: float) -> None:
-    """runs/<id>/result.json: what `invoke local-status` reports once the containers are gone."""
-    d = request.distribution
-    result = {"run_id": request.run_id, "status": outcome.status, "exit_code": outcome.exit_code,
-              "failed": outcome.failed, "launch": d.launch, "nodes": d.nodes, "procs_per_node": d.procs_per_node,
-              "started": started_at, "duration_s": round(time.time() - started_at, 1)}
-    (request.run_dir / "result.json").write_text(json.dumps(result, indent=2) + "\n")
-
-
-def _control_archive(c: ContainerRequest, token: str, uid: int, gid: int) -> bytes:
-    """The launcher, this node's plan and the run's token, for /mnt/azureml/.amltrain (owner only)."""
-    files = {"launcher.py": Path(launcher.__file__).read_bytes(), "plan.json": c.plan.encode()}
-    if json.loads(c.plan)["mode"] in ("mpirun", "serve"):
-        files["token"] = token.encode()
-    return snapshot.files_archive(launcher.CONTROL_DIR, files, uid, gid)
-
-
-def _make_run_dir(request: LocalRequest, uid: int, gid: int) -> None:
-    """The folders the containers write into, owned by the user they run as (root may hand them over),
-    and request.json, the request as run (secrets masked)."""
-    run_dir, cache_dir = request.run_dir, request.cache_dir
-    other_user = (uid, gid) != (os.getuid(), os.getgid())
-    if other_user and os.geteuid() != 0:
-        raise ToolkitError(f"cannot run as {uid}:{gid}: its outputs could not be written to {run_dir}",
-                           "only root can run containers as another user; drop --user")
-    if cache_dir and cache_dir.exists() and cache_dir.stat().st_uid != uid:
-        raise ToolkitError(f"the run cache {cache_dir} belongs to uid {cache_dir.stat().st_uid}, the run to {uid}",
-                           "remove it, or set local.cache_dir to a folder of the run's user")
-    folders = [run_dir / sub for sub in ("outputs", "logs", "logs/user_logs", "logs/system_logs",
-                                         "logs/system_logs/launcher", "mlruns")]
-    folders += [cache_dir] if cache_dir and not cache_dir.exists() else []
-    for folder in folders:
-        folder.mkdir(parents=True, exist_ok=True)
-        if other_user:
-            os.chown(folder, uid, gid)
-    (run_dir / "request.json").write_text(json.dumps(describe(request), indent=2) + "\n")
-
-
-def _archive_from_image(client, image: str, folder: str, uid: int, gid: int) -> bytes:
-    """The code baked into an image, as a snapshot archive for the working directory."""
-    holder = client.containers.create(image, ["true"])
-    try:
-        chunks, _ = holder.get_archive(folder)
-        data = b"".join(chunks)
-    finally:
-        remove_container(holder)
-    return snapshot.reroot(data, Path(folder).name, WORKDIR, uid, gid)
-
-
-def _refused(exc, request: LocalRequest) -> ToolkitError:
-    """Docker refused to create or start a container: one line, with the usual cause named."""
-    reason = str(getattr(exc, "explanation", None) or exc).splitlines()[0][:300]
-    hint = None
-    if "capabilities: [[gpu]]" in reason or "nvidia" in reason.lower():
-        hint = "GPUs need the NVIDIA Container Toolkit on the host; or set local.gpus to none"
-    elif "Conflict" in reason or "already in use" in reason:
-        hint = "a container of that name exists: remove it with docker rm -f"
-    return ToolkitError(f"Docker refused run {request.run_id}: {reason}", hint)
-
-
-def _create(client, c: ContainerRequest):
-    from docker.types import DeviceRequest
-    from docker.types import Mount as DockerMount
-
-    devices = []
-    if c.gpus == "all":
-        devices = [DeviceRequest(count=-1, capabilities=[["gpu"]])]
-    elif c.gpus:
-        devices = [DeviceRequest(device_ids=c.gpus.split(","), capabilities=[["gpu"]])]
-    networking = {c.network: client.api.create_endpoint_config(aliases=[c.hostname])} if c.network else None
-    return client.containers.create(
-        c.image, list(c.command), name=c.name, hostname=c.hostname, user=c.user, working_dir=c.working_dir,
-        environment=dict(c.environment), labels=dict(c.labels), shm_size=c.shm_size, device_requests=devices,
-        mounts=[DockerMount(m.target, m.source, type="bind", read_only=m.read_only) for m in c.mounts],
-        network=c.network or None, networking_config=networking,
-    )
-
-
-def remove_container(container) -> None:
-    import docker
-
-    try:
-        container.remove(force=True)
-    except docker.errors.NotFound:
-        pass
-    except docker.errors.APIError as exc:  # being removed already (local-cancel from another shell)
-        if exc.status_code != 409:
-            raise
-
-
-def remove_network(network, patience_s: float = 10) -> None:
-    """Remove a run's network once its containers have left it (another shell may be removing them)."""
-    import docker
-
-    deadline = time.monotonic() + patience_s
-    while True:
-        try:
-            network.remove()
-            return
-        except docker.errors.NotFound:
-            return
-        except docker.errors.APIError as exc:
-            if "active endpoints" not in str(exc) and exc.status_code != 409:
-                raise
-            if time.monotonic() > deadline:
-                raise ToolkitError(f"network {network.name} still has containers after {patience_s:.0f} s",
-                                   f"remove them, then: docker network rm {network.name}") from None
-            time.sleep(0.2)
-
-
-@contextmanager
-def _interrupts_as_keyboard_interrupt():
-    """SIGTERM (CI cancelling, `kill`) cleans up like Ctrl-C does."""
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)

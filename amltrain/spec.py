@@ -82,11 +82,6 @@ class Distribution:
         return self.nodes * self.procs_per_node
 
     @property
-    def processes_started_per_node(self) -> int:
-        """What the platform itself starts on a node (per-node leaves the rest to the user's launcher)."""
-        return 1 if self.launch == "per-node" else self.procs_per_node
-
-    @property
     def single_process(self) -> bool:
         return self.launch == "per-process" and self.world_size == 1
 

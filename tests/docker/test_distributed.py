@@ -96,6 +96,9 @@ def test_a_crashing_rank_stops_every_node_and_its_exit_code_is_the_runs(cpu_imag
     assert sorted(ranks(run_dir)) == [0, 1, 2, 3]  # partial outputs of every rank are kept
     result_json = json.loads((run_dir / "result.json").read_text())
     assert (result_json["status"], result_json["exit_code"], result_json["failed"]) == ("Failed", 7, "rank 3 (node 1)")
+    (record,) = [json.loads(p.read_text()) for p in (run_dir / "logs/system_logs/launcher").glob("*.json")]
+    stopped_within = (run_dir / "result.json").stat().st_mtime - record["time"]
+    assert stopped_within < 15, f"from rank 3's exit to everything stopped and removed: {stopped_within:.1f} s"
     assert_gone(docker_client, run_dir)
 
 
@@ -133,15 +136,37 @@ def test_local_status_logs_and_cancel_work_from_another_shell(cpu_image, probe_e
     assert "Canceled" in invoke("local-status", env=probe_env).stdout
 
 
+def test_sigterm_stops_every_node_and_exits_143(cpu_image, probe_env, docker_client):
+    proc = subprocess.Popen([sys.executable, "-m", "invoke", "run-local", "--script", "dist_probe.py",
+                             "--args", "--sleep 300", "--nodes", "2"], cwd=ROOT, env={**os.environ, **probe_env},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        run_dir = Path(run_dir_of(proc.stdout.readline()))
+        deadline = time.monotonic() + 120
+        while not all((run_dir / f"outputs/rank_{r}.json").exists() for r in (0, 1)):
+            assert proc.poll() is None and time.monotonic() < deadline, "the run did not start"
+            time.sleep(0.5)
+        proc.terminate()
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143 and "interrupted" in stderr and "Traceback" not in stderr, stderr
+    assert_gone(docker_client, run_dir)  # containers and the run's network
+    assert json.loads((run_dir / "result.json").read_text())["status"] == "Canceled"
+
+
 def test_dry_run_prints_every_container_the_network_and_each_ranks_environment(cpu_image, probe_env, docker_client):
     before = len(docker_client.containers.list(all=True)), len(docker_client.networks.list())
     result = invoke("run-local", "--script", "dist_probe.py", "--nodes", "2", "--procs-per-node", "2",
-                    "--launch", "mpi", "--env", "HF_TOKEN=s3cr3t", "--dry-run", env=probe_env)
+                    "--launch", "mpi", "--env", "HF_TOKEN=s3cr3t", "--args", "--api-token t0ken", "--dry-run",
+                    env=probe_env)
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    assert "network: amltrain-probe_" in out and "hostname: node-1" in out and "- mpirun" in out
+    assert "name: amltrain-probe_" in out and "hostname: node-1" in out and "- mpirun" in out
     assert "OMPI_COMM_WORLD_RANK: '3'" in out and "AZ_BATCH_MASTER_NODE: node-0:6105" in out
     assert "s3cr3t" not in out and "HF_TOKEN: '****'" in out
+    assert "t0ken" not in out and "- --api-token\n" in out
     assert (len(docker_client.containers.list(all=True)), len(docker_client.networks.list())) == before
 
 

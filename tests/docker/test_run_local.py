@@ -131,7 +131,7 @@ def test_an_image_that_was_not_built_is_named(probe_env, docker_client):
 
 
 def test_a_container_docker_refuses_leaves_no_run_folder_and_no_container(cpu_image, docker_client, tmp_path):
-    from amltrain import config, localrun
+    from amltrain import config, localexec, localrun
     from amltrain.errors import ToolkitError
     from tests.conftest import load_config
 
@@ -145,7 +145,7 @@ def test_a_container_docker_refuses_leaves_no_run_folder_and_no_container(cpu_im
     squatter = docker_client.containers.create(cpu_image, ["true"], name=f"{run_id}-node-1")
     try:
         with pytest.raises(ToolkitError, match=f"Docker refused run {run_id}") as err:
-            localrun.run(request)
+            localexec.run(request)
         assert "docker rm" in err.value.hint
         assert not request.run_dir.exists()
         assert [c.id for c in docker_client.containers.list(all=True, filters={"name": run_id})] == [squatter.id]

@@ -39,7 +39,14 @@ def test_bad_shapes_are_refused(options, message):
 def test_a_command_replaces_the_script():
     spec = job(command="torchrun --nnodes 2 x.py", launch="per-node", nodes="2")
     assert spec.command == "torchrun --nnodes 2 x.py" and spec.script == ""
-    assert spec.distribution.processes_started_per_node == 1
+    assert spec.distribution == Distribution("per-node", 2, 1)
+
+
+def test_per_node_counts_the_processes_torchrun_starts():
+    for command in ("torchrun --nproc_per_node 4 --nnodes 2 x.py", "torchrun --nproc-per-node=4 x.py"):
+        assert job(command=command, launch="per-node", nodes="2").distribution == Distribution("per-node", 2, 4)
+    with pytest.raises(ToolkitError, match="--procs-per-node 2 but the command starts 4 processes per node"):
+        job(command="torchrun --nproc_per_node 4 x.py", launch="per-node", procs_per_node="2")
 
 
 def test_cpu_runs_get_no_gpus_and_never_ask_the_host():
@@ -57,6 +64,8 @@ def test_each_node_gets_its_own_gpus():
 
 
 @pytest.mark.parametrize("gpus, d, host, message", [
+    ("0,0", Distribution("per-process", 1, 2), 4, "names a GPU twice"),
+    ("2,3", Distribution("per-process", 1, 2), 2, "this host has 2 GPU"),
     ("all", Distribution("per-process", 1, 2), 1, "2 processes per node need 2 GPUs per node, but 1 GPU"),
     ("all", Distribution("per-process", 2, 1), 1, r"1 GPU\(s\) over 2 node\(s\) give 0 each"),
     ("0,1", Distribution("per-node", 1, 4), 8, "4 processes per node need 4 GPUs"),

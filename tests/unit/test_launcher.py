@@ -23,7 +23,7 @@ def start(control: Path, *args: str, **kwargs) -> subprocess.Popen:
 
 def plan_for(tmp_path: Path, command: list[str], ranks: int, **extra) -> Path:
     control = tmp_path / "control"
-    control.mkdir()
+    control.mkdir(parents=True)
     plan = {"mode": "run", "node_rank": 1, "prefix": ranks > 1, "status_dir": str(tmp_path / "status"),
             "command": command, "rank_log": str(tmp_path / "logs/std_log_process_{rank}.txt"),
             "processes": [{"rank": 2 + i, "label": f"rank {2 + i}", "env": {"RANK": str(2 + i)},
@@ -33,7 +33,7 @@ def plan_for(tmp_path: Path, command: list[str], ranks: int, **extra) -> Path:
 
 
 SCRIPT = ("import os, sys, time; rank = int(os.environ['RANK']); print('hello from', rank, flush=True); "
-          "time.sleep(0 if rank == 3 else 60); sys.exit(5 if rank == 3 else 0)")
+          "time.sleep(1 if rank == 3 else 60); sys.exit(5 if rank == 3 else 0)")
 
 
 def test_every_rank_gets_its_log_and_a_prefixed_stream_and_the_first_failure_stops_the_rest(tmp_path):
@@ -47,11 +47,35 @@ def test_every_rank_gets_its_log_and_a_prefixed_stream_and_the_first_failure_sto
     assert (record["label"], record["rank"], record["node_rank"], record["exit_code"]) == ("rank 3", 3, 1, 5)
 
 
-def test_exit_status_of_the_container_is_the_failed_ranks(tmp_path):
+def test_exit_status_of_the_container_is_the_failed_ranks_and_a_signal_counts_as_128_plus_n(tmp_path):
     control = plan_for(tmp_path, [sys.executable, "-c", SCRIPT], ranks=2)
     process = start(control, "run")
     process.communicate(timeout=30)
     assert process.returncode == 5
+    killed = plan_for(tmp_path / "killed", [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), 9)"], 1)
+    process = start(killed, "run")
+    process.communicate(timeout=30)
+    assert process.returncode == 137
+
+
+def test_a_background_job_left_behind_does_not_hold_the_node(tmp_path):
+    control = plan_for(tmp_path, ["/bin/sh", "-c", "(sleep 60 &); echo done"], ranks=1)
+    started = time.monotonic()
+    process = start(control, "run")
+    out, _ = process.communicate(timeout=30)
+    assert process.returncode == 0 and out == "done\n" and time.monotonic() - started < 15
+
+
+def test_an_mpi_rank_gets_its_log_its_prefix_and_its_failure_record(tmp_path):
+    control = plan_for(tmp_path, [], ranks=2)
+    process = subprocess.run([sys.executable, str(LAUNCHER), "rank", "--", sys.executable, "-c",
+                              "print('from rank 7'); raise SystemExit(4)"], capture_output=True, text=True,
+                             env={**os.environ, "AMLTRAIN_CONTROL_DIR": str(control), "OMPI_COMM_WORLD_RANK": "7"},
+                             timeout=30)
+    assert process.returncode == 4 and process.stdout == "[rank 7] from rank 7\n"
+    assert (tmp_path / "logs/std_log_process_7.txt").read_text() == "from rank 7\n"
+    (record,) = [json.loads(p.read_text()) for p in (tmp_path / "status").glob("*.json")]
+    assert (record["label"], record["exit_code"]) == ("rank 7", 4)
 
 
 def test_a_single_process_is_not_prefixed_and_success_is_zero(tmp_path):
@@ -84,7 +108,7 @@ def exec_server(tmp_path):
     control = plan_for(tmp_path, [], ranks=1, exec_port=free_port())
     (control / "token").write_text("s3cret")
     server = start(control, "serve")
-    port = json.loads((control / "plan.json").read_text())["exec_port"]
+    port = exec_port(control)
     for _ in range(100):
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
@@ -100,6 +124,28 @@ def test_the_rsh_agent_runs_a_shell_command_on_the_other_node_and_returns_its_st
     agent = start(exec_server, "rsh", "127.0.0.1", "echo", "$((40 + 2));", "exit", "3")
     out, _ = agent.communicate(timeout=30)
     assert out == "42\n" and agent.returncode == 3
+
+
+def exec_port(control: Path) -> int:
+    return json.loads((control / "plan.json").read_text())["exec_port"]
+
+
+@pytest.mark.parametrize("request_line", [b"not json\n", b"[1]\n", b'{"token": "s3cret"}\n',
+                                          '{"token": "é", "command": "true"}\n'.encode(), b"\n"])
+def test_malformed_requests_are_refused_quietly(exec_server, request_line):
+    with socket.create_connection(("127.0.0.1", exec_port(exec_server)), timeout=10) as conn:
+        conn.sendall(request_line)
+        assert conn.recv(16) == b"X\x00\x00\x00\x03255"
+
+
+def test_an_idle_client_does_not_block_the_run(exec_server):
+    idle = socket.create_connection(("127.0.0.1", exec_port(exec_server)))  # connects and says nothing
+    try:
+        agent = start(exec_server, "rsh", "127.0.0.1", "echo", "still served")
+        out, _ = agent.communicate(timeout=30)
+        assert agent.returncode == 0 and out == "still served\n"
+    finally:
+        idle.close()
 
 
 def test_the_rsh_agent_is_refused_without_the_runs_token(exec_server, tmp_path):

@@ -131,7 +131,8 @@ def test_single_node_mpi_names_the_master_as_azure_ml_does(job, settings):
 
 def test_dry_run_shows_every_container_and_each_ranks_environment(job, settings):
     described = localrun.describe(localrun.local_request(distributed(job, "per-process", 2, 2), "img", settings))
-    assert described["network"].startswith("amltrain-") and (described["nodes"], described["procs_per_node"]) == (2, 2)
+    assert described["network"]["name"].startswith("amltrain-") and described["network"]["driver"] == "bridge"
+    assert (described["nodes"], described["procs_per_node"]) == (2, 2)
     ranks = [p["environment"]["RANK"] for c in described["containers"] for p in c["processes"]]
     assert ranks == ["0", "1", "2", "3"]
     assert all(c["environment"]["MY_API_KEY"] == "****" for c in described["containers"])
@@ -191,3 +192,9 @@ def test_gpus_and_the_run_cache_reach_the_request(job, settings, tmp_path):
 ])
 def test_secret_looking_values_are_masked(name, value):
     assert localrun.mask(name, value) == "****"
+
+
+def test_secret_looking_options_in_a_command_are_masked_when_printed():
+    assert localrun.mask_words(["python", "x.py", "--hf-token", "abc", "--api-key=def", "--lr", "0.1",
+                                "https://u:p@host/x"]) == \
+        ["python", "x.py", "--hf-token", "****", "--api-key=****", "--lr", "0.1", "https://****@host/x"]
