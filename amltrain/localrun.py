@@ -124,7 +124,7 @@ def rank_envs(d: Distribution, node_rank: int) -> list[dict[str, str]]:
 
 def user_command(job: JobSpec) -> list[str]:
     if job.command:  # a shell command, $VARS expanded inside the container (Azure ML's `command`)
-        return ["/bin/sh", "-c", " ".join(substitute_inputs((job.command,), job.inputs))]
+        return ["/bin/sh", "-c", substitute_inputs((job.command,), job.inputs)[0]]
     return ["python", job.script, *substitute_inputs(job.arguments, job.inputs)]
 
 
