@@ -48,7 +48,7 @@ def main() -> int:
     print(f"all-reduce sum {report['sum']} on {report['hostname']}", flush=True)
     if rank == args.fail_rank:
         print(f"rank {rank} failing on purpose", flush=True)
-        return args.exit_code
+        os._exit(args.exit_code)  # a crash: no teardown (gloo's threads would abort a normal exit with 134)
     time.sleep(args.sleep)
     if args.fail_rank < 0:
         dist.barrier()
