@@ -393,7 +393,7 @@ def _runs_dir(c) -> Path:
 @one_line_errors
 def local_status(c, dry_run=False):
     """List local runs: running ones (from Docker, any shell) and the newest finished ones (runs folder)."""
-    rows = localcontrol.status(engine.connect(), _runs_dir(c))
+    rows = localcontrol.status(localcontrol.active_runs(engine.connect()), _runs_dir(c))
     if not rows:
         print(f"no local runs running or in {_runs_dir(c)}")
     for row in rows:
@@ -412,7 +412,7 @@ def local_logs(c, run=None, rank=None, follow=False, dry_run=False):
     if rank is not None and not str(rank).isdigit():
         raise ToolkitError(f"--rank {rank!r} is not a rank number", "e.g. --rank 0")
     client = engine.connect()
-    folder = localcontrol.run_dir(client, _runs_dir(c), run)
+    folder = localcontrol.run_dir(localcontrol.active_runs(client), _runs_dir(c), run)
     rank = int(rank) if rank is not None else None
     if dry_run:
         for _, path in localcontrol.rank_logs(folder, rank):

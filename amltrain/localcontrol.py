@@ -30,9 +30,10 @@ def active_runs(client) -> dict[str, list]:
     return dict(runs)
 
 
-def run_dir(client, runs_dir: Path, run_id: str) -> Path:
-    """Where a run's results are: the label of a live container, else the configured runs folder."""
-    for container in active_runs(client).get(run_id, []):
+def run_dir(running: dict[str, list], runs_dir: Path, run_id: str) -> Path:
+    """Where a run's results are: the label of a live container (``running``: ``active_runs``), else the
+    configured runs folder."""
+    for container in running.get(run_id, []):
         return Path(container.labels[LABEL_RUN_DIR])
     folder = runs_dir / run_id
     if not run_id or "/" in run_id or not folder.is_dir():
@@ -41,10 +42,9 @@ def run_dir(client, runs_dir: Path, run_id: str) -> Path:
     return folder
 
 
-def status(client, runs_dir: Path, limit: int = 10) -> list[dict]:
-    """Running runs (from Docker), then the newest finished ones (from their result.json)."""
+def status(running: dict[str, list], runs_dir: Path, limit: int = 10) -> list[dict]:
+    """Running runs (``active_runs``: from Docker), then the newest finished ones (from their result.json)."""
     rows = []
-    running = active_runs(client)
     for run_id, containers in sorted(running.items()):
         states = ", ".join(f"node-{c.labels.get(LABEL_NODE_RANK, '?')} {c.status}" for c in containers)
         rows.append({"run_id": run_id, "status": "Running", "detail": states,
