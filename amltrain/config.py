@@ -119,8 +119,18 @@ def image_spec(cfg: Mapping[str, Any], target: str, root: Path) -> ImageSpec:
         torch_index_url=torch_index_url,
         system_packages=words(image.get("system_packages")),
         horovod_version=str(image.get("horovod_version") or ""),
+        horovod_sha256=_horovod_sha256(image, target),
         horovod_gpu_operations=_horovod_gpu_operations(image.get("horovod_gpu_operations"), target),
     )
+
+
+def _horovod_sha256(image: Mapping[str, Any], target: str) -> str:
+    """The sdist is built into the image: its hash is pinned like any other input of the build."""
+    version, sha256 = str(image.get("horovod_version") or ""), str(image.get("horovod_sha256") or "").lower()
+    if version and not re.fullmatch(r"[0-9a-f]{64}", sha256):
+        raise ToolkitError(f"images.{target}.horovod_sha256 must be the sha256 of horovod-{version}.tar.gz",
+                           "PyPI lists it on the release's download page (or: sha256sum of the downloaded sdist)")
+    return sha256 if version else ""
 
 
 def _horovod_gpu_operations(value: Any, target: str) -> str:

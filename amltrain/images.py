@@ -44,6 +44,7 @@ def build_args(spec: ImageSpec) -> dict[str, str]:
         "TORCH_INDEX_URL": spec.torch_index_url,
         "SYSTEM_PACKAGES": " ".join(spec.system_packages),
         "HOROVOD_VERSION": spec.horovod_version,
+        "HOROVOD_SHA256": spec.horovod_sha256,
         "HOROVOD_GPU_OPERATIONS": spec.horovod_gpu_operations,
     }
 

@@ -35,6 +35,7 @@ class ImageSpec:
     torch_index_url: str = ""
     system_packages: tuple[str, ...] = ()
     horovod_version: str = ""  # built from source in the image; "" for none
+    horovod_sha256: str = ""  # of the version's sdist: the download is checked against it
     horovod_gpu_operations: str = ""  # "NCCL" (needs nvcc in the base) or "" (CPU operations)
 
 

@@ -1,7 +1,7 @@
 #!/bin/sh
 # Builds Horovod from its source distribution against the image's torch and OpenMPI, for MPI launches
 # (invoke run-local/submit --launch mpi). Called by the Dockerfiles as
-#   install-horovod.sh VERSION [GPU_OPERATIONS]
+#   install-horovod.sh VERSION SHA256 [GPU_OPERATIONS]
 # with this script bind-mounted and proxy settings as BuildKit secrets, like install-deps.sh.
 #
 # Why from source: 0.28.1 (2023) is the last release and its CMake pins C++14, while torch >= 2.1's
@@ -11,7 +11,8 @@
 # An empty VERSION installs nothing (images.<target>.horovod_version: "").
 set -eu
 version=${1:-}
-gpu_operations=${2:-}
+sha256=${2:-}
+gpu_operations=${3:-}
 if [ -z "$version" ]; then
     echo "Horovod: not installed (horovod_version is empty)"
     exit 0
@@ -33,6 +34,10 @@ std=$(python -c 'import torch; v = tuple(int(x) for x in torch.__version__.split
 echo "Horovod $version: C++$std for torch $(python -c 'import torch; print(torch.__version__)')"
 
 python -m pip download --quiet --no-deps --no-binary :all: --dest "$work" "horovod==$version"
+echo "$sha256  $work/horovod-$version.tar.gz" | sha256sum -c --quiet - || {
+    echo "error: horovod-$version.tar.gz does not have the pinned sha256 $sha256 (images.<target>.horovod_sha256)" >&2
+    exit 1
+}
 tar -xzf "$work"/horovod-"$version".tar.gz -C "$work"
 src="$work/horovod-$version"
 for cmakelists in "$src/CMakeLists.txt" "$src/horovod/torch/CMakeLists.txt"; do

@@ -162,3 +162,11 @@ def test_bad_gpus_setting_is_refused(value, message):
 def test_cache_dir_expands_the_home_folder():
     settings = config.local_settings(load_config({"local": {"cache_dir": "~/amltrain-cache"}}), ROOT)
     assert settings.cache_dir == Path.home().resolve() / "amltrain-cache"
+
+
+def test_horovod_needs_its_sdist_hash_pinned():
+    cfg = load_config({"images": {"cpu": {"horovod_version": "0.28.1", "horovod_sha256": ""}}})
+    with pytest.raises(ToolkitError, match="horovod_sha256 must be the sha256 of horovod-0.28.1.tar.gz"):
+        config.image_spec(cfg, "cpu", ROOT)
+    none = load_config({"images": {"cpu": {"horovod_version": "", "horovod_sha256": ""}}})
+    assert config.image_spec(none, "cpu", ROOT).horovod_sha256 == ""

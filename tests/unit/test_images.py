@@ -77,7 +77,7 @@ def test_build_request_is_the_whole_command(spec):
         "--tag", f"amltrain/train:cpu-{digest[:12]}",
         "--build-arg", "BASE_IMAGE=example/base:1", "--build-arg", "CONDA_SPEC=conda/cpu.yml",
         "--build-arg", "TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu", "--build-arg", "SYSTEM_PACKAGES=",
-        "--build-arg", "HOROVOD_VERSION=", "--build-arg", "HOROVOD_GPU_OPERATIONS=",
+        "--build-arg", "HOROVOD_VERSION=", "--build-arg", "HOROVOD_SHA256=", "--build-arg", "HOROVOD_GPU_OPERATIONS=",
         "--label", f"amltrain.content-hash={digest}", "--label", "amltrain.target=cpu",
         str(spec.context),
     )
