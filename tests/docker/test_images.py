@@ -142,6 +142,15 @@ def test_unpullable_base_through_the_cli(docker_client):
     assert "Traceback" not in result.stderr
 
 
+def test_a_horovod_sdist_other_than_the_pinned_one_fails_the_build_in_one_line(cpu_image, docker_client):
+    wrong = {"INVOKE_IMAGES_CPU_HOROVOD_SHA256": "0" * 64}  # the dependency layer is cached: this fails fast
+    result = invoke("build", "--target", "cpu", env=wrong)
+    assert result.returncode != 0
+    (line,) = [line for line in result.stderr.splitlines() if line.strip()]
+    assert line.startswith("error: docker build of") and "does not have the pinned sha256 0000" in line, line
+    assert not engine.image_exists(docker_client, invoke("image-ref", "--target", "cpu", env=wrong).stdout.strip())
+
+
 def test_prune_images_removes_only_tags_no_target_uses(cpu_image, gpu_image, docker_client):
     repository = cpu_image.split(":")[0]
     stale = f"{repository}:cpu-000000000000"
