@@ -175,22 +175,32 @@ def wait_for_nodes(hosts: list[str], port: int) -> None:
                 time.sleep(0.2)
 
 
-def run_mpirun(plan: dict) -> int:
-    """Node 0 of an MPI run: mpirun across all nodes; its output also goes to user_logs/mpi_log.txt."""
-    catch_stop_signals()
+def run_teed(argv: list[str], log: str, prefix: bytes, env: dict | None = None) -> tuple[int, float]:
+    """One child in its own process group, its output teed: (exit status, when it ended). A stop signal
+    stops the child's whole group before it is passed on."""
     child = None
     try:
-        wait_for_nodes(plan["workers"], plan["exec_port"])
-        child = subprocess.Popen(plan["mpirun"], env={**os.environ, **plan["mpirun_env"]}, stdout=subprocess.PIPE,
-                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-        pump = tee(child.stdout, plan["mpi_log"], b"")
-        code = exit_status(child.wait())
-    except Stopped as stopped:
+        child = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                 stdin=subprocess.DEVNULL, start_new_session=True)
+        pump = tee(child.stdout, log, prefix)
+        code, when = exit_status(child.wait()), time.time()
+    except Stopped:
         ignore_stop_signals()
         if child is not None:
             stop([child])
-        return 128 + stopped.signum
+        raise
     pump.join(5)
+    return code, when
+
+
+def run_mpirun(plan: dict) -> int:
+    """Node 0 of an MPI run: mpirun across all nodes; its output also goes to user_logs/mpi_log.txt."""
+    catch_stop_signals()
+    try:
+        wait_for_nodes(plan["workers"], plan["exec_port"])
+        code, _ = run_teed(plan["mpirun"], plan["mpi_log"], b"", env={**os.environ, **plan["mpirun_env"]})
+    except Stopped as stopped:
+        return 128 + stopped.signum
     return code
 
 
@@ -318,19 +328,10 @@ def rank(command: list[str]) -> int:
     label = f"rank {world_rank}"
     log = plan["rank_log"].format(rank=world_rank)
     catch_stop_signals()
-    child = None
     try:
-        child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                 start_new_session=True)
-        pump = tee(child.stdout, log, f"[{label}] ".encode() if plan["prefix"] else b"")
-        code = exit_status(child.wait())
-        when = time.time()
-    except Stopped as stopped:
-        ignore_stop_signals()
-        if child is not None:
-            stop([child])
+        code, when = run_teed(command, log, f"[{label}] ".encode() if plan["prefix"] else b"")
+    except Stopped as stopped:  # mpirun stopping the job: not a failure of this rank
         return 128 + stopped.signum
-    pump.join(5)
     if code != 0:
         record_failure(plan, label, world_rank, code, log, when)
     return code

@@ -210,10 +210,11 @@ def _teardown(client, request: LocalRequest, containers) -> list[str]:
                 remove_container(container)
             except (docker.errors.APIError, ToolkitError) as exc:
                 problems.append(f"container {container.name}: {_reason(exc)}")
+        networks = []
         try:
             networks = client.networks.list(filters=label)
         except docker.errors.APIError as exc:
-            networks, problems = [], [*problems, f"listing its network: {_reason(exc)}"]
+            problems.append(f"listing its network: {_reason(exc)}")
         for network in networks:
             try:
                 remove_network(network)

@@ -102,17 +102,25 @@ def test_a_crashing_rank_stops_every_node_and_its_exit_code_is_the_runs(cpu_imag
     assert_gone(docker_client, run_dir)
 
 
-def test_local_status_logs_and_cancel_work_from_another_shell(cpu_image, probe_env, docker_client):
+def started_two_node_run(probe_env) -> tuple[subprocess.Popen, Path]:
+    """A 2-node run of ranks that sleep 300 s, once both ranks have written their report."""
     proc = subprocess.Popen([sys.executable, "-m", "invoke", "run-local", "--script", "dist_probe.py",
                              "--args", "--sleep 300", "--nodes", "2"], cwd=ROOT, env={**os.environ, **probe_env},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run_dir = Path(run_dir_of(proc.stdout.readline()))
+    deadline = time.monotonic() + 120
+    while not all((run_dir / f"outputs/rank_{r}.json").exists() for r in (0, 1)):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"the run did not start: {proc.communicate()[1][-2000:]}")
+        time.sleep(0.5)
+    return proc, run_dir
+
+
+def test_local_status_logs_and_cancel_work_from_another_shell(cpu_image, probe_env, docker_client):
+    proc, run_dir = started_two_node_run(probe_env)
     follow = None
     try:
-        run_dir = Path(run_dir_of(proc.stdout.readline()))
-        deadline = time.monotonic() + 120
-        while not all((run_dir / f"outputs/rank_{r}.json").exists() for r in (0, 1)):
-            assert proc.poll() is None and time.monotonic() < deadline, "the run did not start"
-            time.sleep(0.5)
         status = invoke("local-status", env=probe_env)
         assert f"{run_dir.name}" in status.stdout and "Running" in status.stdout, status.stdout + status.stderr
         logs = invoke("local-logs", "--run", run_dir.name, env=probe_env)
@@ -137,15 +145,8 @@ def test_local_status_logs_and_cancel_work_from_another_shell(cpu_image, probe_e
 
 
 def test_sigterm_stops_every_node_and_exits_143(cpu_image, probe_env, docker_client):
-    proc = subprocess.Popen([sys.executable, "-m", "invoke", "run-local", "--script", "dist_probe.py",
-                             "--args", "--sleep 300", "--nodes", "2"], cwd=ROOT, env={**os.environ, **probe_env},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc, run_dir = started_two_node_run(probe_env)
     try:
-        run_dir = Path(run_dir_of(proc.stdout.readline()))
-        deadline = time.monotonic() + 120
-        while not all((run_dir / f"outputs/rank_{r}.json").exists() for r in (0, 1)):
-            assert proc.poll() is None and time.monotonic() < deadline, "the run did not start"
-            time.sleep(0.5)
         proc.terminate()
         _, stderr = proc.communicate(timeout=60)
     finally:
