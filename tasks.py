@@ -91,24 +91,57 @@ def _report(image: str, built: bool, started: float) -> None:
             "bake": "Also bake the job's source-directory snapshot into an immutable code image on top "
                     "(tagged by content, and <image>-code-latest)",
             "no-cache": "Rebuild even if the content-addressed tag exists, without the layer cache",
+            "unless-pushed": "Build nothing when the push destination (the workspace's ACR or "
+                             "azure.registry.address) has this content-addressed tag already, pushed from any "
+                             "machine: a fresh CI runner then builds only what changed",
             "dry-run": "Print the image tag and the build command (secrets masked) and build nothing"})
 @one_line_errors
-def build(c, target="cpu", bake=False, no_cache=False, dry_run=False):
+def build(c, target="cpu", bake=False, no_cache=False, unless_pushed=False, dry_run=False):
     """Build the training image; with nothing changed, does no build work at all."""
     spec = config.image_spec(c.config, target, ROOT)
     request = images.build_request(spec, config.build_settings(c.config))
     code = _code_request(c, target) if bake else None
+    if bake and unless_pushed:
+        raise ToolkitError("--bake and --unless-pushed do not go together: the code image is built on top of "
+                           "the image, which must then be on this machine", "drop one of them")
     if dry_run:
         print(request.render())
         print(f"state: {images.build_state(request)}")
+        if unless_pushed:
+            from amltrain.azure import acr
+
+            remote = acr.push_request(_azure(c), request.image).remote
+            print(f"unless pushed: when not built here, asks {remote} for the tag first; builds only if it is "
+                  "missing there")
         if code:
             print(code.render())
         return
     started = time.monotonic()
+    if unless_pushed and not no_cache and not engine.image_exists(engine.connect(), request.image):
+        pushed = _pushed_elsewhere(c, request.image, target)
+        if pushed:
+            print(f"{pushed} is in the registry: the same inputs, so nothing built "
+                  f"({time.monotonic() - started:.2f} s)")
+            return
     _report(request.image, images.build(request, no_cache=no_cache), started)
     if code:
         started = time.monotonic()
         _report(code.image, images.build_code(code), started)
+
+
+def _pushed_elsewhere(c, local_ref: str, target: str) -> str:
+    """``remote@digest`` when the push destination holds the content-addressed tag, else ""."""
+    from amltrain import registry
+    from amltrain.azure import acr, backend, workspace
+
+    settings = _azure(c)
+    azure = None
+    if acr.needs_workspace(settings):
+        workspace.workspace_ref(settings, ROOT)
+        azure = backend.connect(settings, ROOT)
+    request = acr.push_request(settings, local_ref, azure)
+    pushed = registry.pushed_image(engine.connect(), request)
+    return f"{request.remote}@{pushed.digest_in(request.remote_repository)}" if pushed else ""
 
 
 @task(help={"dry-run": "List the images it would remove and remove nothing"})
@@ -196,9 +229,16 @@ def push(c, target=None, dry_run=False):
 
         workspace.workspace_ref(settings, ROOT)  # no workspace configured: one line before anything else
     client = engine.connect()
-    image = registry.local_image(client, local_ref, target)
+    image = registry.built_image(client, local_ref)
     azure = backend.connect(settings, ROOT) if acr.needs_workspace(settings) else None
     request = acr.push_request(settings, local_ref, azure)
+    if image is None:  # built elsewhere? Then the registry has it under the same content-addressed tag.
+        pushed = registry.pushed_image(client, request)
+        if pushed is None:
+            raise registry.not_built(local_ref, target, f" and {request.remote} is not in the registry")
+        print(f"{request.remote} is already in the registry ({pushed.digest_in(request.remote_repository)}), "
+              "pushed from another machine: nothing pushed")
+        return
     print(f"pushing {local_ref} -> {request.remote}", flush=True)
     result = registry.push(client, request, image)
     if result.pushed:
@@ -213,7 +253,6 @@ def push(c, target=None, dry_run=False):
 @one_line_errors
 def register(c, target=None, dry_run=False):
     """Register the pushed image as an Azure ML Environment (user-managed deps); same image -> same version."""
-    from amltrain import registry
     from amltrain.azure import acr, backend, environment, workspace
     from amltrain.azure.submit import masked
 
@@ -226,13 +265,13 @@ def register(c, target=None, dry_run=False):
                      "image": ref.image, "registered_when_missing": masked(definition)})
         return
     workspace.workspace_ref(settings, ROOT)
-    image = registry.local_image(engine.connect(), local_ref, target)
-    azure = backend.connect(settings, ROOT)
-    ref = environment.environment_ref(settings, target, local_ref, acr.registry_address(settings, azure))
+    azure = functools.cache(lambda: backend.connect(settings, ROOT))
+    image = acr.built_or_pushed(engine.connect(), settings, local_ref, target, azure)
+    ref = environment.environment_ref(settings, target, local_ref, acr.registry_address(settings, azure()))
     if not image.digest_in(ref.repository):
         _warn([f"this engine has not pushed or pulled {ref.image}; Azure ML can run it only once the registry has "
                f"it (invoke push --target {target})"])
-    _, new = environment.ensure_registered(azure, environment.definition(ref, settings))
+    _, new = environment.ensure_registered(azure(), environment.definition(ref, settings))
     if not new:
         print(f"environment {ref.name}:{ref.version} is registered already ({ref.image}): nothing registered")
 
@@ -280,11 +319,15 @@ def compute(c, name=None, vm_size=None, min_nodes=None, max_nodes=None, idle_sec
             "input": "Cloud data input NAME=azureml:DATASET[:VERSION] or NAME=datastore:STORE/PATH (repeatable)",
             "env": "Environment variable NAME=VALUE for the run (repeatable)",
             "wait": "Stream the run's logs and exit with its status (non-zero unless Completed)",
+            "cancel-on-interrupt": "With --wait: when this task is stopped (Ctrl-C, SIGTERM, a cancelled CI job), "
+                                   "cancel the run too instead of leaving it running",
+            "summary": "Append the run as Markdown (run id, studio link, image digest, final status) to this "
+                       "file, e.g. \"$GITHUB_STEP_SUMMARY\" for a GitHub job summary",
             "dry-run": "Print the run configuration exactly as the SDK serializes it for the service (secrets "
                        "masked); contact nothing"})
 @one_line_errors
 def submit(c, target=None, compute=None, nodes=None, procs_per_node=None, launch=None, command=None, script=None,
-           args=None, input=None, env=None, wait=False, dry_run=False):
+           args=None, input=None, env=None, wait=False, cancel_on_interrupt=False, summary=None, dry_run=False):
     """Submit the job (the one run-local runs) to Azure ML: one process, DDP per process or per node, or MPI."""
     from amltrain import registry
     from amltrain.azure import acr, backend, environment, workspace
@@ -295,6 +338,9 @@ def submit(c, target=None, compute=None, nodes=None, procs_per_node=None, launch
                           command=command, launch=launch, nodes=nodes, procs_per_node=procs_per_node,
                           require_inputs=False)
     target, spec, local_ref, gpu = _image(c, job.target)
+    if cancel_on_interrupt and not wait:
+        raise ToolkitError("--cancel-on-interrupt needs --wait: without it the task ends once the run is submitted",
+                           "add --wait")
     plan = azure_submit.plan(job, settings, compute, input or [], spec.base_image, gpu)
     _warn(plan.warnings)
     if dry_run:
@@ -307,10 +353,22 @@ def submit(c, target=None, compute=None, nodes=None, procs_per_node=None, launch
         _print_yaml(azure_submit.describe(plan, request, _workspace_label(settings)))
         return
     workspace.workspace_ref(settings, ROOT)
-    image = registry.local_image(engine.connect(), local_ref, target)
-    azure = backend.connect(settings, ROOT)
-    ref = environment.environment_ref(settings, target, local_ref, acr.registry_address(settings, azure))
-    azure_submit.execute(azure, plan, azure_submit.submit_request(plan, settings, ref, image), wait)
+    if summary:
+        _check_writable(Path(summary), "summary file")
+    azure = functools.cache(lambda: backend.connect(settings, ROOT))
+    image = acr.built_or_pushed(engine.connect(), settings, local_ref, target, azure)
+    ref = environment.environment_ref(settings, target, local_ref, acr.registry_address(settings, azure()))
+    azure_submit.execute(azure(), plan, azure_submit.submit_request(plan, settings, ref, image), wait,
+                         summary=Path(summary) if summary else None, cancel_on_interrupt=cancel_on_interrupt)
+
+
+def _check_writable(path: Path, what: str) -> None:
+    """Before anything is started: a file to append to later must be writable (else one line now)."""
+    try:
+        with open(path, "a", encoding="utf-8"):
+            pass
+    except OSError as exc:
+        raise ToolkitError(f"cannot write the {what} {path}: {exc.strerror}", "give a writable path") from None
 
 
 @task(help={"run": "Run id (`invoke submit` prints it)",

@@ -19,17 +19,16 @@ import signal
 import sys
 import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import engine, launcher, snapshot
 from .errors import ToolkitError
 from .localrun import CANCEL_MARK, LABEL_RUN_ID, WORKDIR, describe
+from .signals import signals_as_interrupts, signals_ignored
 from .spec import ContainerRequest, LocalRequest
 
 GRACE_S = 6.0  # SIGTERM to SIGKILL; the launcher itself gives its processes 5 s
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 @dataclass
@@ -39,14 +38,6 @@ class Outcome:
     failed: str = ""  # "rank 3 (node 1)"
     log: str = ""  # the failed process's log on the host
     cleanup_problems: list[str] = field(default_factory=list)
-
-
-class Interrupted(KeyboardInterrupt):
-    """Ctrl-C, SIGTERM (CI cancelling, `kill`) or SIGHUP (the terminal went away), with its number."""
-
-    def __init__(self, signum: int):
-        super().__init__(signum)
-        self.signum = signum
 
 
 def run(request: LocalRequest, out=None) -> None:
@@ -67,7 +58,7 @@ def run(request: LocalRequest, out=None) -> None:
     token = secrets.token_hex(32)  # authenticates mpirun's agent; exists only inside the run's containers
     _make_run_dir(request, uid, gid)
     started_at, containers, outcome, started = time.time(), [], None, False
-    with _signals_as_interrupts():
+    with signals_as_interrupts():
         try:
             if request.network:
                 client.networks.create(request.network, driver="bridge", check_duplicate=True,
@@ -199,7 +190,7 @@ def _teardown(client, request: LocalRequest, containers) -> list[str]:
 
     problems = []
     label = {"label": f"{LABEL_RUN_ID}={request.run_id}"}
-    with _signals_ignored():
+    with signals_ignored():
         found = {c.id: c for c in containers}
         try:
             found.update({c.id: c for c in client.containers.list(all=True, filters=label)})
@@ -356,28 +347,3 @@ def remove_network(network, patience_s: float = 10) -> None:
                 raise ToolkitError(f"network {network.name} still has containers after {patience_s:.0f} s",
                                    f"remove them, then: docker network rm {network.name}") from None
             time.sleep(0.2)
-
-
-@contextmanager
-def _signals_as_interrupts():
-    """SIGTERM and SIGHUP stop the run as Ctrl-C does, each with its own exit code (128 + N)."""
-    def handler(signum, frame):
-        raise Interrupted(signum)
-
-    previous = {signum: signal.signal(signum, handler) for signum in STOP_SIGNALS}
-    try:
-        yield
-    finally:
-        for signum, action in previous.items():
-            signal.signal(signum, action)
-
-
-@contextmanager
-def _signals_ignored():
-    """Cleaning up must not be cut short by a second Ctrl-C."""
-    previous = {signum: signal.signal(signum, signal.SIG_IGN) for signum in STOP_SIGNALS}
-    try:
-        yield
-    finally:
-        for signum, action in previous.items():
-            signal.signal(signum, action)

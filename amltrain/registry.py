@@ -5,6 +5,9 @@
   with ``auth: docker`` none are given and Docker's own credential store answers.
 - Skip: the registry's manifest digest for the tag (``inspect_distribution``) is compared with the digests
   this engine recorded when it pushed the image (``RepoDigests``); equal means already there, nothing sent.
+- The registry is also a build cache: the tag is a hash of the image's inputs, so an image some other machine
+  pushed under it (an earlier CI run) is the image this machine would build. ``pushed_image`` finds it, so a
+  fresh runner builds, pushes and pulls nothing that did not change.
 - docker-py does not raise when a push fails: the failure is an ``error`` event in the stream, so every
   event is checked.
 - Transient failures (connection refused or reset, timeouts, 5xx) are retried with exponential backoff;
@@ -37,8 +40,10 @@ class Credentials:
 
 @dataclass(frozen=True)
 class LocalImage:
+    """An image as far as this machine knows it: built here (``image_id`` set), or only seen in a registry."""
+
     ref: str
-    image_id: str
+    image_id: str  # "" when the image is only in a registry
     repo_digests: tuple[str, ...] = ()
 
     def digest_in(self, repository: str) -> str:
@@ -88,18 +93,29 @@ class PushResult:
     seconds: float
 
 
-def local_image(client, ref: str, target: str = "") -> LocalImage:
-    """The image ``invoke build`` made; a tag it has not made is refused (one line, with the fix)."""
+def built_image(client, ref: str) -> LocalImage | None:
+    """The image ``invoke build`` made on this engine, or None."""
     import docker
 
     try:
         image = client.images.get(ref)
     except docker.errors.ImageNotFound:
-        raise ToolkitError(f"image {ref} is not built on this machine",
-                           f"run `invoke build --target {target or ref.rsplit(':', 1)[1].split('-')[0]}` first; "
-                           "the tag is a hash of the image's inputs, so a changed Dockerfile or spec needs a build"
-                           ) from None
+        return None
     return LocalImage(ref, image.id, tuple(image.attrs.get("RepoDigests") or ()))
+
+
+def not_built(ref: str, target: str = "", elsewhere: str = "") -> ToolkitError:
+    return ToolkitError(f"image {ref} is not built on this machine{elsewhere}",
+                        f"run `invoke build --target {target or ref.rsplit(':', 1)[1].split('-')[0]}` first; "
+                        "the tag is a hash of the image's inputs, so a changed Dockerfile or spec needs a build")
+
+
+def local_image(client, ref: str, target: str = "") -> LocalImage:
+    """The image ``invoke build`` made; a tag it has not made is refused (one line, with the fix)."""
+    image = built_image(client, ref)
+    if image is None:
+        raise not_built(ref, target)
+    return image
 
 
 def classify(message: str) -> str:
@@ -120,8 +136,9 @@ def _explain(exc) -> str:
 
 
 def retrying(request: PushRequest, what: str, action: Callable[[], object],
-             sleep: Callable[[float], None] = time.sleep, out=sys.stdout):
+             sleep: Callable[[float], None] = time.sleep, out=None):
     """Run ``action``; retry transient failures with exponential backoff, refuse the rest in one line."""
+    out = out or sys.stdout
     import docker
     import requests
 
@@ -184,14 +201,29 @@ def _push_stream(client, request: PushRequest, out) -> str:
     return digest
 
 
-def push(client, request: PushRequest, image: LocalImage, out=sys.stdout,
-         sleep: Callable[[float], None] = time.sleep) -> PushResult:
-    started = time.monotonic()
+def registry_digest(client, request: PushRequest, out=None, sleep: Callable[[float], None] = time.sleep) -> str:
+    """Log in (checked up front) and read the tag's digest in the registry; "" when it lacks the tag."""
+    out = out or sys.stdout
     if request.credentials:
         retrying(request, f"login as {request.credentials.username}",
                  lambda: client.login(request.credentials.username, request.credentials.password,
                                       registry=request.registry, reauth=True), sleep, out)
-    there = retrying(request, "reading the tag's digest", lambda: remote_digest(client, request), sleep, out)
+    return retrying(request, "reading the tag's digest", lambda: remote_digest(client, request), sleep, out)
+
+
+def pushed_image(client, request: PushRequest, out=None,
+                 sleep: Callable[[float], None] = time.sleep) -> LocalImage | None:
+    """The image the registry holds under the content-addressed tag (pushed from any machine), or None."""
+    out = out or sys.stdout
+    digest = registry_digest(client, request, out, sleep)
+    return LocalImage(request.local, "", (f"{request.remote_repository}@{digest}",)) if digest else None
+
+
+def push(client, request: PushRequest, image: LocalImage, out=None,
+         sleep: Callable[[float], None] = time.sleep) -> PushResult:
+    out = out or sys.stdout
+    started = time.monotonic()
+    there = registry_digest(client, request, out, sleep)
     ours = image.digest_in(request.remote_repository)
     if there and there == ours:
         return PushResult(request.remote, there, False, time.monotonic() - started)

@@ -26,7 +26,7 @@ class RecordingBackend:
     refresh_token: str = "acr-refresh-token-canary"
     environments: dict = field(default_factory=dict)  # (name, version) -> Environment
     computes: dict = field(default_factory=dict)  # name -> ComputeInfo
-    final_status: str = "Completed"
+    final_status: str = "Completed"  # "interrupted": following the run is stopped (Ctrl-C, a cancelled CI job)
     artifacts: dict = field(default_factory=lambda: {"outputs/model.pt2": b"model", "outputs/labels.json": b"[]",
                                                      "logs/user_logs/std_log.txt": b"log"})
     download_fails_after: int | None = None  # files written before a download breaks off, like a lost connection
@@ -86,7 +86,14 @@ class RecordingBackend:
 
     def wait(self, run_id, show_output=True):
         self._record("wait", run_id, show_output)
+        if self.final_status == "interrupted":  # what WorkspaceBackend.wait raises on Ctrl-C or SIGTERM
+            raise ToolkitError(f"stopped following run {run_id}; it keeps running: {PORTAL.format(run_id=run_id)}",
+                               "cancel it in the studio if that was meant", exit_code=130)
         return RunInfo(run_id, PORTAL.format(run_id=run_id), self.final_status)
+
+    def cancel(self, run_id):
+        self._record("cancel", run_id)
+        return RunInfo(run_id, PORTAL.format(run_id=run_id), "CancelRequested")
 
     def get_run(self, run_id):
         self._record("get_run", run_id)

@@ -14,10 +14,10 @@ credential store (after ``az acr login`` or ``docker login``).
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from ..errors import ToolkitError
-from ..registry import Credentials, PushRequest
+from ..registry import Credentials, LocalImage, PushRequest, built_image, not_built, pushed_image
 from .backend import ACR_TOKEN_USER
 from .spec import REGISTRY_PASSWORD_ENV, AzureSettings
 
@@ -84,3 +84,21 @@ def push_request(settings: AzureSettings, local_ref: str, backend=None,
     return PushRequest(local=local_ref, registry=address, repository=settings.registry.repository,
                        credentials=creds, credential_source=credential_source(settings, backend is not None),
                        retries=settings.push_retries, backoff_seconds=settings.push_backoff_seconds)
+
+
+def built_or_pushed(client, settings: AzureSettings, local_ref: str, target: str,
+                    connect: Callable[[], object]) -> LocalImage:
+    """The image this engine built, or else the one the registry holds under the same content-addressed tag
+    (what push, register and submit need on a machine that did not build it, e.g. a CI runner after
+    ``invoke build --unless-pushed``). Neither: one line naming both places looked in. ``connect`` gives the
+    workspace backend, asked for only when the registry's address or login comes from the workspace."""
+    image = built_image(client, local_ref)
+    if image is not None:
+        return image
+    request = push_request(settings, local_ref, connect() if needs_workspace(settings) else None)
+    pushed = pushed_image(client, request)
+    if pushed is None:
+        raise not_built(local_ref, target, f" and {request.remote} is not in the registry")
+    print(f"{local_ref} is not built on this machine; the registry has it: "
+          f"{request.remote}@{pushed.digest_in(request.remote_repository)}", flush=True)
+    return pushed

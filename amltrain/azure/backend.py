@@ -11,12 +11,14 @@ import contextlib
 import json
 import os
 import re
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from ..errors import ToolkitError
+from ..signals import signals_as_interrupts
 from ..spec import mask_url_credentials
 from .spec import AzureSettings, WorkspaceRef
 from .workspace import LOGIN_HINT, auth_mode, make_auth, workspace_ref
@@ -56,6 +58,7 @@ class AzureBackend(Protocol):
     def submit(self, experiment: str, script_run_config, tags: dict[str, str]) -> RunInfo: ...
     def wait(self, run_id: str, show_output: bool = True) -> RunInfo: ...
     def get_run(self, run_id: str) -> RunInfo: ...
+    def cancel(self, run_id: str) -> RunInfo: ...
     def run_file_names(self, run_id: str) -> list[str]: ...
     def register_model(self, run_id: str, name: str, path: str, tags: dict[str, str]) -> tuple[str, str]: ...
     def download_files(self, run_id: str, prefix: str, directory: Path) -> list[str]: ...
@@ -251,20 +254,30 @@ class WorkspaceBackend:
         return self._runs[run_id]
 
     def wait(self, run_id: str, show_output: bool = True) -> RunInfo:
+        """Stream the run's logs to its end. Ctrl-C, SIGTERM or SIGHUP (a cancelled CI job) stop following it:
+        a ToolkitError with exit code 128 + the signal's number; the run itself is not touched here."""
         run = self._run(run_id)
-        with azure_errors(f"following run {run_id}"):
+        with azure_errors(f"following run {run_id}"), signals_as_interrupts() as received:
             try:
                 run.wait_for_completion(show_output=show_output, raise_on_error=False)
-            except Exception as exc:  # Ctrl-C while streaming: the SDK re-raises it as its own exception
-                if "interrupted" in str(exc):
-                    raise ToolkitError(f"stopped following run {run_id}; it keeps running: {run.get_portal_url()}",
-                                       "cancel it in the studio if that was meant", exit_code=130) from None
-                raise
+            except (KeyboardInterrupt, Exception) as exc:  # the SDK re-raises an interrupt as its own exception
+                if not (isinstance(exc, KeyboardInterrupt) or "interrupted" in str(exc)):
+                    raise
+                signum = received[-1] if received else signal.SIGINT
+                raise ToolkitError(f"stopped following run {run_id}; it keeps running: {run.get_portal_url()}",
+                                   "cancel it in the studio if that was meant, or use --cancel-on-interrupt",
+                                   exit_code=128 + signum) from None
             return RunInfo(run.id, run.get_portal_url(), run.get_status())
 
     def get_run(self, run_id: str) -> RunInfo:
         run = self._run(run_id)
         with azure_errors(f"reading run {run_id}"):
+            return RunInfo(run.id, run.get_portal_url(), run.get_status())
+
+    def cancel(self, run_id: str) -> RunInfo:
+        run = self._run(run_id)
+        with azure_errors(f"cancelling run {run_id}"):
+            run.cancel()
             return RunInfo(run.id, run.get_portal_url(), run.get_status())
 
     def run_file_names(self, run_id: str) -> list[str]:

@@ -43,8 +43,9 @@ def describe(spec: ComputeSpec) -> str:
             f"{'low priority' if spec.low_priority else 'dedicated'}, scale down after {spec.idle_seconds} s idle")
 
 
-def ensure(backend, spec: ComputeSpec, out=sys.stdout):
+def ensure(backend, spec: ComputeSpec, out=None):
     """The cluster, created (and waited for) when the workspace has none of that name."""
+    out = out or sys.stdout
     validate(spec)
     existing = backend.get_compute(spec.name)
     if existing is not None:

@@ -71,8 +71,9 @@ def serialized(env) -> dict:
     return Environment._serialize_to_dict(env)
 
 
-def ensure_registered(backend, env, out=sys.stdout) -> tuple[object, bool]:
+def ensure_registered(backend, env, out=None) -> tuple[object, bool]:
     """Register ``env`` unless its name:version exists; an existing one must point at the same image."""
+    out = out or sys.stdout
     existing = backend.get_environment(env.name, env.version)
     if existing is not None:
         if existing.docker.base_image != env.docker.base_image:

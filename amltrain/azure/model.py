@@ -51,7 +51,8 @@ def model_request(run_id: str, register: str | None, download: str | None, path:
     return request
 
 
-def execute(backend, request: ModelRequest, out=sys.stdout) -> None:
+def execute(backend, request: ModelRequest, out=None) -> None:
+    out = out or sys.stdout
     run = backend.get_run(request.run_id)
     if run.status != "Completed":
         print(f"warning: run {run.run_id} is {run.status or 'in an unknown state'}", file=out)

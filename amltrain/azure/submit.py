@@ -36,6 +36,7 @@ from ..config import key_values
 from ..errors import ToolkitError
 from ..localrun import INPUT_REF, mask
 from ..registry import LocalImage
+from ..signals import STOP_SIGNALS
 from ..spec import Distribution, JobSpec
 from . import preflight
 from .environment import EnvironmentRef, definition
@@ -43,6 +44,7 @@ from .spec import AzureSettings, ComputeSpec
 
 DATASET_INPUT = re.compile(r"azureml:(?!//)([A-Za-z0-9_.-]+)(?::([A-Za-z0-9_.-]+))?")
 DATASTORE_INPUT = re.compile(r"datastore:([A-Za-z0-9_]+)/(.*)|azureml://datastores/([A-Za-z0-9_]+)/paths/(.*)")
+INTERRUPTED = {128 + signum for signum in STOP_SIGNALS}  # exit codes of a task stopped by Ctrl-C, SIGTERM, SIGHUP
 INPUT_HINT = ("upload the data once (e.g. Dataset.File.upload_directory, or to a datastore) and give --input "
               "NAME=azureml:DATASET[:VERSION] or --input NAME=datastore:STORE/PATH (or azure.submit.inputs)")
 
@@ -237,7 +239,7 @@ def tags(p: Plan, env: EnvironmentRef, image: LocalImage | None, commit: str) ->
     return {
         "amltrain.git_commit": commit,
         "amltrain.image": env.image,
-        "amltrain.image_id": image.image_id if image else "unknown",
+        "amltrain.image_id": (image.image_id if image else "") or "unknown",
         "amltrain.image_digest": (image.digest_in(env.repository) if image else "") or "unknown",
         "amltrain.environment": f"{env.name}:{env.version}",
         "amltrain.launch": f"{d.launch} {d.nodes}x{d.procs_per_node}",
@@ -280,9 +282,38 @@ def describe(p: Plan, request: SubmitRequest, workspace: str) -> dict:
     }
 
 
-def execute(backend, p: Plan, request: SubmitRequest, wait: bool, out=sys.stdout):
+def summary_markdown(run, p: Plan, request: SubmitRequest) -> str:
+    """The run as a Markdown table (run id, studio link, image and digest, …): a CI job summary's body."""
+    def cell(value: str) -> str:
+        return str(value).replace("|", "\\|").replace("\n", " ")
+
+    d = p.job.distribution
+    rows = [("Run", f"[`{cell(run.run_id)}`]({run.portal_url})"),
+            ("Studio", run.portal_url),
+            ("Experiment", cell(request.experiment)),
+            ("Compute", cell(f"{p.compute.name}: {d.launch}, {d.nodes} node(s) x {d.procs_per_node} process(es)")),
+            ("Environment", f"`{cell(request.tags['amltrain.environment'])}`"),
+            ("Image", f"`{cell(request.tags['amltrain.image'])}`"),
+            ("Image digest", f"`{cell(request.tags['amltrain.image_digest'])}`"),
+            ("Git commit", f"`{cell(request.tags['amltrain.git_commit'])}`")]
+    table = "\n".join(f"| {name} | {value} |" for name, value in rows)
+    return f"### Azure ML run `{cell(run.run_id)}`\n\n| | |\n|---|---|\n{table}\n\n"
+
+
+def _append(summary: Path | None, text: str) -> None:
+    if summary is not None:
+        with open(summary, "a", encoding="utf-8") as file:
+            file.write(text)
+
+
+def execute(backend, p: Plan, request: SubmitRequest, wait: bool, out=None, summary: Path | None = None,
+            cancel_on_interrupt: bool = False):
     """Check the job against the real cluster and the registered environment, submit, and (``wait``) follow
-    the run to its end. A run that does not complete is a ToolkitError naming the run and its studio link."""
+    the run to its end. A run that does not complete is a ToolkitError naming the run and its studio link.
+    ``summary``: a file (GitHub's $GITHUB_STEP_SUMMARY) the run's table and final status are appended to.
+    ``cancel_on_interrupt``: following interrupted (Ctrl-C, SIGTERM: a cancelled CI job) cancels the run too,
+    so no cluster keeps training for a job nobody waits for."""
+    out = out or sys.stdout
     cluster = backend.get_compute(p.compute.name)
     if cluster is None:
         raise ToolkitError(f"unknown compute {p.compute.name!r} in workspace {backend.workspace.workspace_name}",
@@ -307,9 +338,21 @@ def execute(backend, p: Plan, request: SubmitRequest, wait: bool, out=sys.stdout
                            f"not {env.image}", "set azure.environment.name to keep registries apart")
     run = backend.submit(request.experiment, request.script_run_config, dict(request.tags))
     print(f"submitted run {run.run_id} to {p.compute.name}: {run.portal_url}", file=out, flush=True)
+    _append(summary, summary_markdown(run, p, request))
     if not wait:
+        _append(summary, "Submitted; not followed (`invoke submit` without `--wait`).\n\n")
         return run
-    final = backend.wait(run.run_id, show_output=True)
+    try:
+        final = backend.wait(run.run_id, show_output=True)
+    except ToolkitError as exc:
+        if not (cancel_on_interrupt and exc.exit_code in INTERRUPTED):
+            _append(summary, f"Status: not followed to its end ({exc.message}).\n\n")
+            raise
+        backend.cancel(run.run_id)
+        _append(summary, "Status: **Canceled** (the job following it was interrupted)\n\n")
+        raise ToolkitError(f"interrupted: cancelled run {run.run_id}: {run.portal_url}",
+                           exit_code=exc.exit_code) from None
+    _append(summary, f"Status: **{final.status}**\n\n")
     if final.status != "Completed":
         raise ToolkitError(f"run {final.run_id} ended {final.status}: {final.portal_url}",
                            "its logs: the studio link, user_logs/std_log*.txt")

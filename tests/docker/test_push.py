@@ -153,22 +153,75 @@ def test_a_push_refused_in_the_stream_is_one_line_and_not_retried(docker_client,
     assert PASSWORD not in result.stdout + result.stderr
 
 
-def test_an_image_never_built_is_refused_before_any_login(registry, cpu_ref):
+def test_an_image_neither_built_nor_pushed_is_one_line_naming_both(registry, cpu_ref):
     result = invoke("push", "--target", "gpu", env=basic_env(registry))
     assert result.returncode == 1
-    assert re.match(rf"error: image {REPOSITORY}:gpu-[0-9a-f]{{12}} is not built on this machine \(run `invoke "
-                    r"build --target gpu` first", result.stderr), result.stderr
+    assert re.match(rf"error: image {REPOSITORY}:gpu-[0-9a-f]{{12}} is not built on this machine and "
+                    rf"{re.escape(registry.address)}/{REPOSITORY}:gpu-[0-9a-f]{{12}} is not in the registry \(run "
+                    r"`invoke build --target gpu` first", result.stderr), result.stderr
     assert result.stderr.strip().count("\n") == 0
+    assert "pushing" not in result.stdout and registry.requests_matching(r'"PUT /v2/[^ ]+/gpu-') == 0
 
 
-def test_register_and_submit_of_an_image_never_built_contact_nothing(registry, cpu_ref, tmp_path):
+def test_register_and_submit_of_an_image_never_built_contact_no_workspace(registry, cpu_ref, tmp_path):
     workspace = tmp_path / "config.json"
     workspace.write_text(json.dumps({"subscription_id": "s", "resource_group": "r", "workspace_name": "w"}))
     env = {**basic_env(registry), "INVOKE_AZURE_CONFIG_FILE": str(workspace)}
     for task in ("register", "submit"):
         result = invoke(task, "--target", "gpu", env=env)
-        assert result.returncode == 1 and "is not built on this machine" in result.stderr, result.stderr
-        assert result.stderr.strip().count("\n") == 0
+        assert result.returncode == 1 and "is not built on this machine and" in result.stderr, result.stderr
+        assert "signing in" not in result.stderr and result.stderr.strip().count("\n") == 0
+
+
+def test_an_image_pushed_from_another_machine_is_neither_built_nor_pushed_again(
+        docker_client, registry, tmp_path, monkeypatch, capsys):
+    """A fresh CI runner: the registry has the content-addressed tag (an earlier run pushed it), this engine has
+    never seen the image. build --unless-pushed builds nothing, push sends nothing, and register and submit take
+    the registry's digest."""
+    repository = f"amltrain-pushtest/elsewhere-{uuid.uuid4().hex[:8]}"
+    env = basic_env(registry, INVOKE_IMAGES_REPOSITORY=repository)
+    ref = invoke("image-ref", "--target", "gpu", env=env).stdout.strip()
+    image_repository, tag = ref.rsplit(":", 1)
+    docker_client.api.import_image_from_data(tiny_tar(), repository=image_repository, tag=tag)
+    pushed = invoke("push", "--target", "gpu", env=env)  # "the other machine"
+    assert pushed.returncode == 0, pushed.stdout + pushed.stderr
+    digest = registry.manifest_digest(repository, tag)
+    for name in (ref, f"{registry.address}/{ref}"):  # this engine forgets the image
+        docker_client.images.remove(name, force=True)
+    uploads = registry.blob_uploads()
+
+    dry = invoke("build", "--target", "gpu", "--unless-pushed", "--dry-run", env=env)
+    assert dry.returncode == 0 and f"asks {registry.address}/{ref} for the tag first" in dry.stdout, dry.stdout
+    build = invoke("build", "--target", "gpu", "--unless-pushed", env=env)
+    assert build.returncode == 0, build.stdout + build.stderr
+    assert f"{registry.address}/{ref}@{digest} is in the registry: the same inputs, so nothing built" in build.stdout
+    assert not docker_client.images.list(name=image_repository), "it built (or pulled) the image"
+    push = invoke("push", "--target", "gpu", env=env)
+    assert push.returncode == 0, push.stdout + push.stderr
+    assert f"{registry.address}/{ref} is already in the registry ({digest}), pushed from another machine: " \
+           "nothing pushed" in push.stdout
+    assert registry.blob_uploads() == uploads
+
+    tasks = project_tasks()
+    workspace = tmp_path / "config.json"
+    workspace.write_text(json.dumps({"subscription_id": "s", "resource_group": "r", "workspace_name": "ws"}))
+    fake = RecordingBackend(login_server=None)
+    fake.computes["gpu-cluster"] = azure_backend.ComputeInfo("gpu-cluster", "Standard_NC48ads_A100_v4", 0, 4)
+    monkeypatch.setattr(azure_backend, "connect", lambda settings, start: fake)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    c = Context(config=config.load(ROOT, {"azure": {"config_file": str(workspace)}}))
+    tasks.register(c, target="gpu")
+    summary = tmp_path / "summary.md"
+    tasks.submit(c, target="gpu", compute="gpu-cluster", wait=True, summary=str(summary))
+    out = capsys.readouterr().out
+    assert f"{ref} is not built on this machine; the registry has it: {registry.address}/{ref}@{digest}" in out
+    assert "warning" not in out, out
+    _, _, tags = fake.submitted[0]
+    assert tags["amltrain.image_digest"] == digest and tags["amltrain.image_id"] == "unknown"
+    assert f"| Image digest | `{digest}` |" in summary.read_text()
+    assert "Status: **Completed**" in summary.read_text()
+    assert not docker_client.images.list(name=image_repository)
 
 
 def test_the_aad_path_feeds_push_register_and_submit(registry, cpu_ref, tmp_path, monkeypatch, capsys):

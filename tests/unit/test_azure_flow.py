@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import re
+import signal
+import time
 
 import pytest
 
@@ -189,6 +193,67 @@ def test_a_failed_run_is_one_line_with_its_id_and_link(job):
     assert e.value.exit_code == 1 and "\n" not in str(e.value)
 
 
+def summary_rows(text: str) -> dict[str, str]:
+    return {m.group(1): m.group(2) for m in re.finditer(r"^\| (\S[^|]*?) \| (.*) \|$", text, re.M)}
+
+
+@pytest.mark.parametrize(("final_status", "raises", "status_line"), [
+    ("Completed", False, "Status: **Completed**"),
+    ("Failed", True, "Status: **Failed**"),
+    ("interrupted", True, "Status: not followed to its end (stopped following run"),
+])
+def test_the_summary_names_the_run_its_link_the_image_digest_and_how_it_ended(job, tmp_path, final_status, raises,
+                                                                              status_line):
+    fake = ready_backend(final_status=final_status)
+    plan, request = submission(job, fake)
+    summary = tmp_path / "step_summary.md"
+    summary.write_text("earlier step\n")  # GitHub's file collects every step's summary: appended, not replaced
+    try:
+        submit.execute(fake, plan, request, wait=True, out=io.StringIO(), summary=summary)
+    except ToolkitError:
+        assert raises
+    else:
+        assert not raises
+    run_id = next(call[2] for call in fake.calls if call[0] == "submit")
+    text = summary.read_text()
+    assert text.startswith("earlier step\n") and f"### Azure ML run `{run_id}`" in text
+    rows = summary_rows(text)
+    portal = f"https://ml.azure.com/runs/{run_id}?wsid=/subscriptions/sub/resourcegroups/rg/workspaces/ws"
+    assert rows["Run"] == f"[`{run_id}`]({portal})" and rows["Studio"] == portal
+    assert rows["Image digest"] == "`sha256:" + "cd" * 32 + "`"
+    assert rows["Image"] == f"`{request.tags['amltrain.image']}`" and rows["Git commit"] == "`abc123`"
+    assert rows["Compute"] == "gpu-cluster: per-process, 2 node(s) x 2 process(es)"
+    assert text.rstrip().splitlines()[-1].startswith(status_line)
+    assert "cancel" not in fake.names()
+
+
+def test_an_interrupted_wait_cancels_the_run_only_when_asked(job, tmp_path):
+    fake = ready_backend(final_status="interrupted")
+    plan, request = submission(job, fake)
+    with pytest.raises(ToolkitError) as kept:
+        submit.execute(fake, plan, request, wait=True, out=io.StringIO())
+    assert kept.value.exit_code == 130 and "it keeps running" in kept.value.message
+    assert "cancel" not in fake.names()
+
+    summary = tmp_path / "summary.md"
+    with pytest.raises(ToolkitError) as cancelled:
+        submit.execute(fake, plan, request, wait=True, out=io.StringIO(), summary=summary, cancel_on_interrupt=True)
+    run_id = fake.calls[-1][1]
+    assert fake.calls[-2:] == [("wait", run_id, True), ("cancel", run_id)]
+    assert cancelled.value.exit_code == 130
+    assert str(cancelled.value).startswith(f"interrupted: cancelled run {run_id}: https://ml.azure.com/runs/")
+    assert summary.read_text().rstrip().endswith("Status: **Canceled** (the job following it was interrupted)")
+
+
+def test_a_run_not_followed_says_so_in_the_summary(job, tmp_path):
+    fake = ready_backend()
+    plan, request = submission(job, fake)
+    summary = tmp_path / "summary.md"
+    submit.execute(fake, plan, request, wait=False, out=io.StringIO(), summary=summary)
+    assert "wait" not in fake.names()
+    assert summary.read_text().rstrip().endswith("Submitted; not followed (`invoke submit` without `--wait`).")
+
+
 def test_unknown_compute_and_a_smaller_real_cluster_submit_nothing(job):
     fake = ready_backend()
     plan, request = submission(job, fake, compute="nowhere",
@@ -320,3 +385,48 @@ def test_azure_failures_are_one_line_with_what_to_do(exc, said, hint):
         raise exc
     assert e.value.message == f"doing it failed: {said}"
     assert e.value.hint == hint and "\n" not in str(e.value)
+
+
+class StreamingRun:
+    """A submitted run whose log streaming is interrupted by ``signum``, handled as azureml-core's
+    ``Run.wait_for_completion`` handles it: KeyboardInterrupt re-raised as its own exception."""
+
+    id = "fowl_1700000000_00000000"
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        self.cancelled = False
+
+    def wait_for_completion(self, show_output, raise_on_error):
+        from azureml.exceptions import ExperimentExecutionException
+
+        try:
+            os.kill(os.getpid(), self.signum)
+            time.sleep(5)  # the signal arrives while the logs stream
+        except KeyboardInterrupt:
+            raise ExperimentExecutionException("The output streaming for the run interrupted.\n"
+                                               "But the run is still executing on the compute target.") from None
+        raise AssertionError("the signal did not interrupt the streaming")
+
+    def get_portal_url(self):
+        return f"https://ml.azure.com/runs/{self.id}"
+
+    def get_status(self):
+        return "CancelRequested" if self.cancelled else "Running"
+
+    def cancel(self):
+        self.cancelled = True
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_a_stop_signal_while_following_a_run_is_one_line_with_its_exit_code(signum):
+    workspace_backend = backend.WorkspaceBackend(None, None, RecordingBackend().workspace)
+    run = StreamingRun(signum)
+    workspace_backend._runs[run.id] = run
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(ToolkitError) as e:
+        workspace_backend.wait(run.id)
+    assert e.value.exit_code == 128 + signum
+    assert e.value.message == f"stopped following run {run.id}; it keeps running: {run.get_portal_url()}"
+    assert signal.getsignal(signal.SIGTERM) == before  # the handlers are put back
+    assert workspace_backend.cancel(run.id).status == "CancelRequested" and run.cancelled

@@ -1,0 +1,50 @@
+"""Stop signals as Python interrupts, so a stopped task cleans up (or cancels what it started) like Ctrl-C.
+
+CI systems cancel with SIGTERM (GitHub Actions: SIGINT, then SIGTERM), a closed terminal sends SIGHUP; Python
+only turns SIGINT into KeyboardInterrupt. Each keeps its exit code: 128 + the signal's number.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, SIGTERM (CI cancelling, `kill`) or SIGHUP (the terminal went away), with its number."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextmanager
+def signals_as_interrupts() -> Iterator[list[int]]:
+    """Within: each stop signal raises Interrupted; the list yielded records the signals received (a library
+    that catches KeyboardInterrupt and raises its own error loses the number, the list keeps it)."""
+    received: list[int] = []
+
+    def handler(signum, frame):
+        received.append(signum)
+        raise Interrupted(signum)
+
+    previous = {signum: signal.signal(signum, handler) for signum in STOP_SIGNALS}
+    try:
+        yield received
+    finally:
+        for signum, action in previous.items():
+            signal.signal(signum, action)
+
+
+@contextmanager
+def signals_ignored() -> Iterator[None]:
+    """Cleaning up must not be cut short by a second Ctrl-C."""
+    previous = {signum: signal.signal(signum, signal.SIG_IGN) for signum in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, action in previous.items():
+            signal.signal(signum, action)
