@@ -81,7 +81,8 @@ class PushRequest:
         login = (f"{self.credentials.username} / **** ({self.credential_source})" if self.credentials
                  else self.credential_source or "Docker's credential store")
         return {"image": self.local, "push_to": self.remote, "registry": self.registry, "login": login,
-                "skip": "when the registry's digest for the tag is the one this engine pushed",
+                "skip": "when the registry's digest for the tag is the one this engine pushed, or when this "
+                        "machine never built the image and the registry has the tag (pushed from elsewhere)",
                 "retries": self.retries, "backoff_seconds": self.backoff_seconds}
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from ..spec import frozen_map
 
-AUTH_MODES = ("auto", "cli", "service-principal", "managed-identity")
+AUTH_MODES = ("auto", "cli", "service-principal", "managed-identity", "github-oidc")
 REGISTRY_AUTH_MODES = ("aad", "admin", "basic", "docker")
 # The one place a registry password may come from (basic auth): never a file, never an option.
 REGISTRY_PASSWORD_ENV = "AMLTRAIN_REGISTRY_PASSWORD"

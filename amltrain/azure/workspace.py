@@ -7,8 +7,14 @@ the file the portal's "Download config.json" gives).
 
 The credential is chosen like this (``azure.auth: auto``): a service principal when ``AZURE_CLIENT_ID``,
 ``AZURE_TENANT_ID`` and ``AZURE_CLIENT_SECRET`` are all set; a managed identity when the host provides one
-(``IDENTITY_ENDPOINT`` or ``MSI_ENDPOINT``); otherwise the Azure CLI's login (``az login``, or GitHub's
-``azure/login`` with OIDC).
+(``IDENTITY_ENDPOINT`` or ``MSI_ENDPOINT``); GitHub Actions' OIDC (``github-oidc``) in a job that may mint
+ID tokens (``ACTIONS_ID_TOKEN_REQUEST_URL``/``_TOKEN``) with ``AZURE_CLIENT_ID`` and ``AZURE_TENANT_ID`` set;
+otherwise the Azure CLI's login (``az login``).
+
+``github-oidc`` exists because the CLI's login from ``azure/login`` cannot outlive its first token: the CLI
+renews with the GitHub token it was given, which expires within the hour (AADSTS700024), so a longer
+``submit --wait`` would lose track of its run. It asks GitHub for a new ID token whenever Azure's gets old
+and exchanges it (client credentials with a federated client assertion) for an ARM token.
 """
 
 from __future__ import annotations
@@ -18,7 +24,10 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Mapping
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from ..errors import ToolkitError
@@ -28,6 +37,13 @@ from .spec import AzureSettings, WorkspaceRef
 SEARCHED = (".azureml/config.json", ".azureml/project.json", "aml_config/config.json", "aml_config/project.json",
             "config.json", "project.json")
 SP_VARS = ("AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_CLIENT_SECRET")
+GITHUB_OIDC_VARS = ("ACTIONS_ID_TOKEN_REQUEST_URL", "ACTIONS_ID_TOKEN_REQUEST_TOKEN", "AZURE_CLIENT_ID",
+                    "AZURE_TENANT_ID")
+ARM_SCOPE = "https://management.azure.com/.default"
+TOKEN_EXCHANGE_AUDIENCE = "api://AzureADTokenExchange"  # what Entra expects of a federated credential's token
+OIDC_HINT = ("check the app's federated credential (issuer https://token.actions.githubusercontent.com, subject "
+             "repo:OWNER/REPO:environment:azureml, audience api://AzureADTokenExchange), the AZURE_CLIENT_ID and "
+             "AZURE_TENANT_ID secrets, and `permissions: id-token: write`")
 NO_WORKSPACE_HINT = ("download config.json from the workspace's page in the Azure portal into the project "
                      "(or .azureml/), or set azure.subscription_id, azure.resource_group and azure.workspace_name "
                      "(INVOKE_AZURE_SUBSCRIPTION_ID, …)")
@@ -90,6 +106,8 @@ def auth_mode(configured: str, environ: Mapping[str, str]) -> str:
         return "service-principal"
     if environ.get("IDENTITY_ENDPOINT") or environ.get("MSI_ENDPOINT"):
         return "managed-identity"
+    if all(environ.get(name) for name in GITHUB_OIDC_VARS):
+        return "github-oidc"
     return "cli"
 
 
@@ -107,36 +125,84 @@ def make_auth(mode: str, environ: Mapping[str, str]):
     if mode == "managed-identity":
         client_id = environ.get("AZURE_CLIENT_ID")  # a user-assigned identity; else the system-assigned one
         return MsiAuthentication(identity_config={"client_id": client_id} if client_id else None)
-    return az_cli_auth()
+    if mode == "github-oidc":
+        missing = [name for name in GITHUB_OIDC_VARS if not environ.get(name)]
+        if missing:
+            raise ToolkitError(f"github-oidc auth needs {', '.join(missing)}",
+                               "run it in a GitHub Actions job with `permissions: id-token: write` and set "
+                               "AZURE_CLIENT_ID and AZURE_TENANT_ID from secrets")
+        return RefreshingArmToken(lambda: github_oidc_arm_token(environ))
+    return RefreshingArmToken(cli_arm_token)
 
 
-def az_cli_auth():
-    """The Azure CLI's login as an azureml-core credential.
-
-    azureml-core's own ``AzureCliAuthentication`` imports the ``azure-cli`` package into this interpreter, and
-    azure-cli-core's pins (knack 0.14) conflict with azureml-core's (knack<0.13); the ``az`` on a user's PATH
-    or a GitHub runner lives in its own environment. So the ARM token comes from ``az account get-access-token``
-    and is fetched again before it gets old: SDK calls during a long ``--wait`` keep working.
-    """
+def RefreshingArmToken(fetch: Callable[[], str]):  # noqa: N802 - builds an instance of a class made on demand
+    """An azureml-core credential for an ARM token from ``fetch``, fetched again before it gets old, so SDK calls
+    during a long ``--wait`` keep working (tokens live 60-90 minutes). The class is made on first use: it
+    derives from azureml-core's, which is imported only by the Azure tasks."""
     from azureml.core.authentication import ArmTokenAuthentication
 
-    class AzCliTokenAuthentication(ArmTokenAuthentication):
-        REFRESH_AFTER = 30 * 60  # az hands out tokens valid for 60-90 minutes
+    class _RefreshingArmToken(ArmTokenAuthentication):
+        REFRESH_AFTER = 30 * 60
 
         def __init__(self):
             self._fetched_at = time.monotonic()
-            super().__init__(cli_arm_token(), cloud="AzureCloud")
+            super().__init__(fetch(), cloud="AzureCloud")
 
         def _get_arm_token(self):  # the hook AbstractAuthentication.get_authentication_header calls
             if time.monotonic() - self._fetched_at > self.REFRESH_AFTER:
-                self.update_arm_access_token(cli_arm_token())
+                self.update_arm_access_token(fetch())
                 self._fetched_at = time.monotonic()
             return super()._get_arm_token()
 
-    return AzCliTokenAuthentication()
+    return _RefreshingArmToken()
+
+
+def _http_json(request: urllib.request.Request, what: str, hint: str) -> dict:
+    """One HTTP exchange whose answer is JSON; a refusal is one line with the service's own description."""
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            body = json.loads(exc.read() or b"{}")
+        except ValueError:
+            body = {}
+        said = body.get("error_description") or body.get("message") or body.get("error") or exc.reason
+        said = str(said).strip().splitlines()[0][:300] if str(said).strip() else f"HTTP {exc.code}"
+        raise ToolkitError(f"{what} was refused (HTTP {exc.code}): {said}", hint) from None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise ToolkitError(f"{what} failed: {reason}", hint) from None
+
+
+def github_oidc_arm_token(environ: Mapping[str, str]) -> str:
+    """A new GitHub Actions ID token for Entra's token exchange, then an ARM token for the app it federates."""
+    url = environ["ACTIONS_ID_TOKEN_REQUEST_URL"]
+    url += ("&" if "?" in url else "?") + urllib.parse.urlencode({"audience": TOKEN_EXCHANGE_AUDIENCE})
+    asked = urllib.request.Request(url, headers={
+        "Authorization": f"bearer {environ['ACTIONS_ID_TOKEN_REQUEST_TOKEN']}", "Accept": "application/json"})
+    assertion = _http_json(asked, "asking GitHub for an ID token",
+                           "the job needs `permissions: id-token: write`").get("value", "")
+    if not assertion:
+        raise ToolkitError("GitHub gave no ID token", "the job needs `permissions: id-token: write`")
+    authority = environ.get("AZURE_AUTHORITY_HOST", "https://login.microsoftonline.com").rstrip("/")
+    form = urllib.parse.urlencode({
+        "client_id": environ["AZURE_CLIENT_ID"], "scope": ARM_SCOPE, "grant_type": "client_credentials",
+        "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+        "client_assertion": assertion}).encode()
+    exchange = urllib.request.Request(f"{authority}/{environ['AZURE_TENANT_ID']}/oauth2/v2.0/token", data=form,
+                                      headers={"Content-Type": "application/x-www-form-urlencoded"})
+    token = _http_json(exchange, "exchanging the GitHub ID token for an Azure token", OIDC_HINT).get("access_token")
+    if not token:
+        raise ToolkitError("Entra ID answered without an access token", OIDC_HINT)
+    return token
 
 
 def cli_arm_token() -> str:
+    """The Azure CLI login's ARM token, from ``az account get-access-token``. Not azureml-core's own
+    ``AzureCliAuthentication``: it imports the ``azure-cli`` package into this interpreter, and azure-cli-core's
+    pins (knack 0.14) conflict with azureml-core's (knack<0.13); the ``az`` on a user's PATH or a GitHub runner
+    lives in its own environment."""
     az = shutil.which("az")
     if az is None:
         raise ToolkitError("the Azure CLI (az) is not installed, and no service principal or managed identity "

@@ -20,6 +20,7 @@ from invoke import Collection, Program
 from invoke.loader import FilesystemLoader
 from invoke.parser import ParseError, Parser
 
+from amltrain.spec import LAUNCH_MODES
 from tests.conftest import ROOT
 
 WORKFLOW_DIR = ROOT / ".github" / "workflows"
@@ -219,6 +220,49 @@ def test_ci_runs_the_lint_gate_the_unit_tests_and_the_smoke_run_on_the_mcr_base(
               if step.get("uses", "").startswith("actions/setup-python@")]
     assert setups and all(s["with"]["cache"] == "pip" and s["with"]["cache-dependency-path"] == "pyproject.toml"
                           for s in setups)
+
+
+def test_azureml_runs_the_tasks_a_person_runs_signed_in_by_oidc_and_summarised():
+    text = (WORKFLOW_DIR / "azureml.yml").read_text()
+    workflow = yaml.safe_load(text)
+    assert triggers(workflow) == {"workflow_dispatch"}
+    inputs = workflow.get("on", workflow.get(True))["workflow_dispatch"]["inputs"]
+    assert set(inputs) == {"target", "nodes", "procs-per-node", "launch", "compute"}
+    project = yaml.safe_load((ROOT / "invoke.yaml").read_text())
+    assert set(inputs["target"]["options"]) == {"cpu", "gpu"} <= set(project["images"])
+    assert tuple(inputs["launch"]["options"]) == LAUNCH_MODES
+    assert inputs["compute"]["default"] in project["azure"]["computes"]
+    assert workflow["permissions"] == {"contents": "read", "id-token": "write"}
+    (job,) = workflow["jobs"].values()
+    steps = job["steps"]
+
+    # OIDC only: the ids come from secrets, and no password or client secret is asked for anywhere.
+    (login,) = [s for s in steps if s.get("uses", "").startswith("azure/login@")]
+    assert login["with"] == {"client-id": "${{ secrets.AZURE_CLIENT_ID }}",
+                             "tenant-id": "${{ secrets.AZURE_TENANT_ID }}",
+                             "subscription-id": "${{ secrets.AZURE_SUBSCRIPTION_ID }}"}
+    assert not re.search(r"(?i)client[-_]secret|password|creds:", text.split("\nname:", 1)[1])
+    assert job["env"]["INVOKE_AZURE_AUTH"] == "github-oidc"
+    assert job["env"]["INVOKE_AZURE_SUBSCRIPTION_ID"] == "${{ secrets.AZURE_SUBSCRIPTION_ID }}"
+
+    # build -> push -> register -> submit --wait, after azure/login, each with the chosen target.
+    calls = invoke_calls(text)
+    tasks = [next(word for word in argv if not word.startswith("-")) for argv in calls]
+    assert tasks == ["submit", "build", "push", "register", "submit"]
+    assert "--dry-run" in calls[0] and steps.index(login) < [i for i, s in enumerate(steps) if "run" in s][1]
+    assert all(argv[argv.index("--target") + 1] == "$TARGET" for argv in calls)
+    assert "--unless-pushed" in calls[1]
+    submit = calls[-1]
+    assert {"--wait", "--cancel-on-interrupt"} <= set(submit)
+    assert submit[submit.index("--summary") + 1] == "$GITHUB_STEP_SUMMARY"
+    for option, variable in [("--compute", "$COMPUTE"), ("--nodes", "$NODES"), ("--procs-per-node",
+                             "$PROCS_PER_NODE"), ("--launch", "$LAUNCH")]:
+        assert submit[submit.index(option) + 1] == variable and calls[0][calls[0].index(option) + 1] == variable
+    # The inputs reach commands as variables, never pasted into a script (no injection through an input).
+    assert all("${{" not in step.get("run", "") for step in steps)
+    assert {job["env"][name] for name in ("TARGET", "NODES", "PROCS_PER_NODE", "LAUNCH", "COMPUTE")} == {
+        "${{ inputs.target }}", "${{ inputs.nodes }}", "${{ inputs.procs-per-node }}", "${{ inputs.launch }}",
+        "${{ inputs.compute }}"}
 
 
 # --- the checker catches what it should (so the tests above can fail) ----------------------------------------
