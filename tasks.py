@@ -104,6 +104,9 @@ def build(c, target="cpu", bake=False, no_cache=False, unless_pushed=False, dry_
     if bake and unless_pushed:
         raise ToolkitError("--bake and --unless-pushed do not go together: the code image is built on top of "
                            "the image, which must then be on this machine", "drop one of them")
+    if no_cache and unless_pushed:
+        raise ToolkitError("--no-cache and --unless-pushed do not go together: one rebuilds whatever exists, the "
+                           "other builds nothing when the registry has the image", "drop one of them")
     if dry_run:
         print(request.render())
         print(f"state: {images.build_state(request)}")
@@ -117,7 +120,7 @@ def build(c, target="cpu", bake=False, no_cache=False, unless_pushed=False, dry_
             print(code.render())
         return
     started = time.monotonic()
-    if unless_pushed and not no_cache and not engine.image_exists(engine.connect(), request.image):
+    if unless_pushed and not engine.image_exists(engine.connect(), request.image):
         pushed = _pushed_elsewhere(c, request.image, target)
         if pushed:
             print(f"{pushed} is in the registry: the same inputs, so nothing built "
@@ -350,7 +353,13 @@ def submit(c, target=None, compute=None, nodes=None, procs_per_node=None, launch
             image = None  # not built or no engine: the dry run says "unknown"
         ref = environment.environment_ref(settings, target, local_ref, acr.registry_address(settings))
         request = azure_submit.submit_request(plan, settings, ref, image)
-        _print_yaml(azure_submit.describe(plan, request, _workspace_label(settings)))
+        described = azure_submit.describe(plan, request, _workspace_label(settings))
+        if summary:
+            described["summary"] = f"the run's table appended to {summary} once submitted (nothing written now)"
+        if wait:
+            described["wait"] = ("stream the logs, exit with the run's status"
+                                 + ("; cancel the run if interrupted" if cancel_on_interrupt else ""))
+        _print_yaml(described)
         return
     workspace.workspace_ref(settings, ROOT)
     if summary:
@@ -364,11 +373,10 @@ def submit(c, target=None, compute=None, nodes=None, procs_per_node=None, launch
 
 def _check_writable(path: Path, what: str) -> None:
     """Before anything is started: a file to append to later must be writable (else one line now)."""
-    try:
-        with open(path, "a", encoding="utf-8"):
-            pass
-    except OSError as exc:
-        raise ToolkitError(f"cannot write the {what} {path}: {exc.strerror}", "give a writable path") from None
+    folder = path.parent if str(path.parent) else Path(".")
+    writable = os.access(path, os.W_OK) if path.exists() else folder.is_dir() and os.access(folder, os.W_OK)
+    if path.is_dir() or not writable:
+        raise ToolkitError(f"cannot write the {what} {path}", "give a writable file path")
 
 
 @task(help={"run": "Run id (`invoke submit` prints it)",

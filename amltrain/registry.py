@@ -39,7 +39,7 @@ class Credentials:
 
 
 @dataclass(frozen=True)
-class LocalImage:
+class KnownImage:
     """An image as far as this machine knows it: built here (``image_id`` set), or only seen in a registry."""
 
     ref: str
@@ -94,7 +94,7 @@ class PushResult:
     seconds: float
 
 
-def built_image(client, ref: str) -> LocalImage | None:
+def built_image(client, ref: str) -> KnownImage | None:
     """The image ``invoke build`` made on this engine, or None."""
     import docker
 
@@ -102,7 +102,7 @@ def built_image(client, ref: str) -> LocalImage | None:
         image = client.images.get(ref)
     except docker.errors.ImageNotFound:
         return None
-    return LocalImage(ref, image.id, tuple(image.attrs.get("RepoDigests") or ()))
+    return KnownImage(ref, image.id, tuple(image.attrs.get("RepoDigests") or ()))
 
 
 def not_built(ref: str, target: str = "", elsewhere: str = "") -> ToolkitError:
@@ -111,7 +111,7 @@ def not_built(ref: str, target: str = "", elsewhere: str = "") -> ToolkitError:
                         "the tag is a hash of the image's inputs, so a changed Dockerfile or spec needs a build")
 
 
-def local_image(client, ref: str, target: str = "") -> LocalImage:
+def local_image(client, ref: str, target: str = "") -> KnownImage:
     """The image ``invoke build`` made; a tag it has not made is refused (one line, with the fix)."""
     image = built_image(client, ref)
     if image is None:
@@ -213,14 +213,14 @@ def registry_digest(client, request: PushRequest, out=None, sleep: Callable[[flo
 
 
 def pushed_image(client, request: PushRequest, out=None,
-                 sleep: Callable[[float], None] = time.sleep) -> LocalImage | None:
+                 sleep: Callable[[float], None] = time.sleep) -> KnownImage | None:
     """The image the registry holds under the content-addressed tag (pushed from any machine), or None."""
     out = out or sys.stdout
     digest = registry_digest(client, request, out, sleep)
-    return LocalImage(request.local, "", (f"{request.remote_repository}@{digest}",)) if digest else None
+    return KnownImage(request.local, "", (f"{request.remote_repository}@{digest}",)) if digest else None
 
 
-def push(client, request: PushRequest, image: LocalImage, out=None,
+def push(client, request: PushRequest, image: KnownImage, out=None,
          sleep: Callable[[float], None] = time.sleep) -> PushResult:
     out = out or sys.stdout
     started = time.monotonic()

@@ -17,7 +17,7 @@ import os
 from collections.abc import Callable, Mapping
 
 from ..errors import ToolkitError
-from ..registry import Credentials, LocalImage, PushRequest, built_image, not_built, pushed_image
+from ..registry import Credentials, KnownImage, PushRequest, built_image, not_built, pushed_image
 from .backend import ACR_TOKEN_USER
 from .spec import REGISTRY_PASSWORD_ENV, AzureSettings
 
@@ -87,7 +87,7 @@ def push_request(settings: AzureSettings, local_ref: str, backend=None,
 
 
 def built_or_pushed(client, settings: AzureSettings, local_ref: str, target: str,
-                    connect: Callable[[], object]) -> LocalImage:
+                    connect: Callable[[], object]) -> KnownImage:
     """The image this engine built, or else the one the registry holds under the same content-addressed tag
     (what push, register and submit need on a machine that did not build it, e.g. a CI runner after
     ``invoke build --unless-pushed``). Neither: one line naming both places looked in. ``connect`` gives the

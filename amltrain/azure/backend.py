@@ -260,6 +260,7 @@ class WorkspaceBackend:
         with azure_errors(f"following run {run_id}"), signals_as_interrupts() as received:
             try:
                 run.wait_for_completion(show_output=show_output, raise_on_error=False)
+                return RunInfo(run.id, run.get_portal_url(), run.get_status())
             except (KeyboardInterrupt, Exception) as exc:  # the SDK re-raises an interrupt as its own exception
                 if not (isinstance(exc, KeyboardInterrupt) or "interrupted" in str(exc)):
                     raise
@@ -267,7 +268,6 @@ class WorkspaceBackend:
                 raise ToolkitError(f"stopped following run {run_id}; it keeps running: {run.get_portal_url()}",
                                    "cancel it in the studio if that was meant, or use --cancel-on-interrupt",
                                    exit_code=128 + signum) from None
-            return RunInfo(run.id, run.get_portal_url(), run.get_status())
 
     def get_run(self, run_id: str) -> RunInfo:
         run = self._run(run_id)

@@ -35,8 +35,8 @@ from .. import snapshot
 from ..config import key_values
 from ..errors import ToolkitError
 from ..localrun import INPUT_REF, mask
-from ..registry import LocalImage
-from ..signals import STOP_SIGNALS
+from ..registry import KnownImage
+from ..signals import STOP_SIGNALS, signals_ignored
 from ..spec import Distribution, JobSpec
 from . import preflight
 from .environment import EnvironmentRef, definition
@@ -234,7 +234,7 @@ def git_commit(folder: Path) -> str:
     return head.stdout.strip() + ("-dirty" if dirty else "")
 
 
-def tags(p: Plan, env: EnvironmentRef, image: LocalImage | None, commit: str) -> dict[str, str]:
+def tags(p: Plan, env: EnvironmentRef, image: KnownImage | None, commit: str) -> dict[str, str]:
     d = p.job.distribution
     return {
         "amltrain.git_commit": commit,
@@ -258,7 +258,7 @@ class SubmitRequest:
         return service_configuration(self.script_run_config)
 
 
-def submit_request(p: Plan, settings: AzureSettings, env: EnvironmentRef, image: LocalImage | None) -> SubmitRequest:
+def submit_request(p: Plan, settings: AzureSettings, env: EnvironmentRef, image: KnownImage | None) -> SubmitRequest:
     """What ``Experiment.submit`` is given: the ScriptRunConfig on ``env``'s Environment, and the run's tags."""
     src = script_run_config(p, definition(env, settings), settings)
     return SubmitRequest(p.job.experiment, env, src, tags(p, env, image, git_commit(p.job.source_dir)))
@@ -348,10 +348,17 @@ def execute(backend, p: Plan, request: SubmitRequest, wait: bool, out=None, summ
         if not (cancel_on_interrupt and exc.exit_code in INTERRUPTED):
             _append(summary, f"Status: not followed to its end ({exc.message}).\n\n")
             raise
-        backend.cancel(run.run_id)
-        _append(summary, "Status: **Canceled** (the job following it was interrupted)\n\n")
-        raise ToolkitError(f"interrupted: cancelled run {run.run_id}: {run.portal_url}",
-                           exit_code=exc.exit_code) from None
+        with signals_ignored():  # CI follows its SIGINT with a SIGTERM: the cancel request must still go out
+            try:
+                cancelled = backend.cancel(run.run_id)
+            except ToolkitError as failed:
+                _append(summary, f"Status: interrupted; cancelling the run failed ({failed.message})\n\n")
+                raise ToolkitError(f"interrupted, and cancelling run {run.run_id} failed: {failed.message}",
+                                   f"cancel it in the studio: {run.portal_url}", exit_code=exc.exit_code) from None
+            _append(summary, f"Status: **{cancelled.status or 'CancelRequested'}** (the job following it was "
+                             "interrupted, so the run was cancelled)\n\n")
+        raise ToolkitError(f"interrupted: cancelled run {run.run_id} ({cancelled.status or 'CancelRequested'}): "
+                           f"{run.portal_url}", exit_code=exc.exit_code) from None
     _append(summary, f"Status: **{final.status}**\n\n")
     if final.status != "Completed":
         raise ToolkitError(f"run {final.run_id} ended {final.status}: {final.portal_url}",

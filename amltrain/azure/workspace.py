@@ -42,8 +42,9 @@ GITHUB_OIDC_VARS = ("ACTIONS_ID_TOKEN_REQUEST_URL", "ACTIONS_ID_TOKEN_REQUEST_TO
 ARM_SCOPE = "https://management.azure.com/.default"
 TOKEN_EXCHANGE_AUDIENCE = "api://AzureADTokenExchange"  # what Entra expects of a federated credential's token
 OIDC_HINT = ("check the app's federated credential (issuer https://token.actions.githubusercontent.com, subject "
-             "repo:OWNER/REPO:environment:azureml, audience api://AzureADTokenExchange), the AZURE_CLIENT_ID and "
-             "AZURE_TENANT_ID secrets, and `permissions: id-token: write`")
+             "repo:OWNER/REPO:environment:azureml or the immutable repo:OWNER@ID/REPO@ID:… form your repository's "
+             "tokens carry, audience api://AzureADTokenExchange), AZURE_CLIENT_ID and AZURE_TENANT_ID, and "
+             "`permissions: id-token: write`")
 NO_WORKSPACE_HINT = ("download config.json from the workspace's page in the Azure portal into the project "
                      "(or .azureml/), or set azure.subscription_id, azure.resource_group and azure.workspace_name "
                      "(INVOKE_AZURE_SUBSCRIPTION_ID, …)")
@@ -131,17 +132,17 @@ def make_auth(mode: str, environ: Mapping[str, str]):
             raise ToolkitError(f"github-oidc auth needs {', '.join(missing)}",
                                "run it in a GitHub Actions job with `permissions: id-token: write` and set "
                                "AZURE_CLIENT_ID and AZURE_TENANT_ID from secrets")
-        return RefreshingArmToken(lambda: github_oidc_arm_token(environ))
-    return RefreshingArmToken(cli_arm_token)
+        return refreshing_arm_token(lambda: github_oidc_arm_token(environ))
+    return refreshing_arm_token(cli_arm_token)
 
 
-def RefreshingArmToken(fetch: Callable[[], str]):  # noqa: N802 - builds an instance of a class made on demand
+def refreshing_arm_token(fetch: Callable[[], str]):
     """An azureml-core credential for an ARM token from ``fetch``, fetched again before it gets old, so SDK calls
     during a long ``--wait`` keep working (tokens live 60-90 minutes). The class is made on first use: it
     derives from azureml-core's, which is imported only by the Azure tasks."""
     from azureml.core.authentication import ArmTokenAuthentication
 
-    class _RefreshingArmToken(ArmTokenAuthentication):
+    class _refreshing_arm_token(ArmTokenAuthentication):
         REFRESH_AFTER = 30 * 60
 
         def __init__(self):
@@ -154,25 +155,29 @@ def RefreshingArmToken(fetch: Callable[[], str]):  # noqa: N802 - builds an inst
                 self._fetched_at = time.monotonic()
             return super()._get_arm_token()
 
-    return _RefreshingArmToken()
+    return _refreshing_arm_token()
 
 
 def _http_json(request: urllib.request.Request, what: str, hint: str) -> dict:
     """One HTTP exchange whose answer is JSON; a refusal is one line with the service's own description."""
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
-            return json.loads(response.read())
+            body = json.loads(response.read())
     except urllib.error.HTTPError as exc:
         try:
             body = json.loads(exc.read() or b"{}")
         except ValueError:
             body = {}
+        body = body if isinstance(body, dict) else {}
         said = body.get("error_description") or body.get("message") or body.get("error") or exc.reason
         said = str(said).strip().splitlines()[0][:300] if str(said).strip() else f"HTTP {exc.code}"
         raise ToolkitError(f"{what} was refused (HTTP {exc.code}): {said}", hint) from None
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
         raise ToolkitError(f"{what} failed: {reason}", hint) from None
+    if not isinstance(body, dict):
+        raise ToolkitError(f"{what} failed: the answer is not a JSON object", hint)
+    return body
 
 
 def github_oidc_arm_token(environ: Mapping[str, str]) -> str:

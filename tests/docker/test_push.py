@@ -202,26 +202,57 @@ def test_an_image_pushed_from_another_machine_is_neither_built_nor_pushed_again(
            "nothing pushed" in push.stdout
     assert registry.blob_uploads() == uploads
 
-    tasks = project_tasks()
-    workspace = tmp_path / "config.json"
-    workspace.write_text(json.dumps({"subscription_id": "s", "resource_group": "r", "workspace_name": "ws"}))
-    fake = RecordingBackend(login_server=None)
-    fake.computes["gpu-cluster"] = azure_backend.ComputeInfo("gpu-cluster", "Standard_NC48ads_A100_v4", 0, 4)
-    monkeypatch.setattr(azure_backend, "connect", lambda settings, start: fake)
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    c = Context(config=config.load(ROOT, {"azure": {"config_file": str(workspace)}}))
+    # The workflow's own path: the workspace's ACR, found and logged in to through the workspace (aad).
+    tasks, fake, c = aad_tasks(registry, tmp_path, monkeypatch, repository)
+    capsys.readouterr()
+    tasks.build(c, target="gpu", unless_pushed=True)
+    assert f"{registry.address}/{ref}@{digest} is in the registry" in capsys.readouterr().out
+    assert ("acr_refresh_token", registry.address) in fake.calls
     tasks.register(c, target="gpu")
     summary = tmp_path / "summary.md"
     tasks.submit(c, target="gpu", compute="gpu-cluster", wait=True, summary=str(summary))
     out = capsys.readouterr().out
     assert f"{ref} is not built on this machine; the registry has it: {registry.address}/{ref}@{digest}" in out
     assert "warning" not in out, out
+    assert TOKEN not in out
     _, _, tags = fake.submitted[0]
     assert tags["amltrain.image_digest"] == digest and tags["amltrain.image_id"] == "unknown"
     assert f"| Image digest | `{digest}` |" in summary.read_text()
     assert "Status: **Completed**" in summary.read_text()
     assert not docker_client.images.list(name=image_repository)
+
+
+def aad_tasks(registry, tmp_path, monkeypatch, repository: str):
+    """The tasks module, a workspace stand-in whose ACR is the test registry (its AAD exchange gives the token
+    the registry accepts), and a Context configured for it."""
+    tasks = project_tasks()
+    workspace = tmp_path / "config.json"
+    workspace.write_text(json.dumps({"subscription_id": "s", "resource_group": "r", "workspace_name": "ws"}))
+    fake = RecordingBackend(login_server=registry.address, refresh_token=TOKEN)
+    fake.computes["gpu-cluster"] = azure_backend.ComputeInfo("gpu-cluster", "Standard_NC48ads_A100_v4", 0, 4)
+    monkeypatch.setattr(azure_backend, "connect", lambda settings, start: fake)
+    c = Context(config=config.load(ROOT, {"images": {"repository": repository},
+                                          "azure": {"config_file": str(workspace),
+                                                    "registry": {"address": "", "auth": "aad"}}}))
+    return tasks, fake, c
+
+
+def test_build_unless_pushed_builds_when_the_registry_lacks_the_tag(docker_client, registry, cpu_image, tmp_path,
+                                                                      monkeypatch, capsys):
+    """The CPU image under a repository the registry has never seen: asked through the workspace's ACR, the tag
+    is missing, so it is built (from BuildKit's cache of the CPU image: seconds)."""
+    repository = f"amltrain-pushtest/fresh-{uuid.uuid4().hex[:8]}"
+    tasks, fake, c = aad_tasks(registry, tmp_path, monkeypatch, repository)
+    ref = f"{repository}:{cpu_image.rsplit(':', 1)[1]}"
+    try:
+        tasks.build(c, target="cpu", unless_pushed=True)
+        out = capsys.readouterr().out
+        assert re.search(rf"^built {re.escape(ref)} in \d", out, re.M), out
+        assert ("acr_refresh_token", registry.address) in fake.calls
+        assert docker_client.images.get(ref).id == docker_client.images.get(cpu_image).id
+    finally:
+        with contextlib.suppress(Exception):
+            docker_client.images.remove(ref)
 
 
 def test_the_aad_path_feeds_push_register_and_submit(registry, cpu_ref, tmp_path, monkeypatch, capsys):

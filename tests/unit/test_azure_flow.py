@@ -19,14 +19,14 @@ from amltrain.azure import compute as azure_compute
 from amltrain.azure import model as azure_model
 from amltrain.azure.spec import AzureSettings, ComputeSpec, RegistrySettings
 from amltrain.errors import ToolkitError
-from amltrain.registry import LocalImage
+from amltrain.registry import KnownImage
 from amltrain.spec import Distribution, JobSpec, frozen_map
 from tests.azure_fake import RecordingBackend
 
 LOCAL_REF = "amltrain/train:gpu-0123456789ab"
 SETTINGS = AzureSettings(compute="gpu-cluster", registry=RegistrySettings(repository="amltrain/train"),
                          computes=frozen_map({"gpu-cluster": ComputeSpec("gpu-cluster", "Standard_NC96ads_A100_v4")}))
-IMAGE = LocalImage(LOCAL_REF, "sha256:" + "ab" * 32,  # pushed to two registries: the tag names the workspace's
+IMAGE = KnownImage(LOCAL_REF, "sha256:" + "ab" * 32,  # pushed to two registries: the tag names the workspace's
                    ("localhost:5000/amltrain/train@sha256:" + "ef" * 32,
                     "wsacr.azurecr.io/amltrain/train@sha256:" + "cd" * 32))
 
@@ -241,8 +241,46 @@ def test_an_interrupted_wait_cancels_the_run_only_when_asked(job, tmp_path):
     run_id = fake.calls[-1][1]
     assert fake.calls[-2:] == [("wait", run_id, True), ("cancel", run_id)]
     assert cancelled.value.exit_code == 130
-    assert str(cancelled.value).startswith(f"interrupted: cancelled run {run_id}: https://ml.azure.com/runs/")
-    assert summary.read_text().rstrip().endswith("Status: **Canceled** (the job following it was interrupted)")
+    assert str(cancelled.value).startswith(f"interrupted: cancelled run {run_id} (CancelRequested): "
+                                           "https://ml.azure.com/runs/")
+    assert summary.read_text().rstrip().endswith(
+        "Status: **CancelRequested** (the job following it was interrupted, so the run was cancelled)")
+
+
+class CancelUnderFire(RecordingBackend):
+    """GitHub cancels with SIGINT and, 7.5 s later, SIGTERM: here the SIGTERM lands while the cancel request is
+    on its way, and (``fails``) the service refuses the cancel."""
+
+    fails: bool = False
+
+    def cancel(self, run_id):
+        os.kill(os.getpid(), signal.SIGTERM)  # ignored while cancelling: the default action would end the test
+        if self.fails:
+            self._record("cancel", run_id)
+            raise ToolkitError(f"cancelling run {run_id} failed: (AuthorizationFailed) no cancel permission")
+        return super().cancel(run_id)
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_a_second_signal_does_not_cut_the_cancel_short_and_a_failed_cancel_is_said(job, tmp_path, fails):
+    fake = CancelUnderFire(final_status="interrupted")
+    fake.fails = fails
+    fake.computes["gpu-cluster"] = backend.ComputeInfo("gpu-cluster", "Standard_NC96ads_A100_v4", 0, 4, "Succeeded")
+    environment.ensure_registered(fake, registered_env(fake)[1], out=io.StringIO())
+    plan, request = submission(job, fake)
+    summary = tmp_path / "summary.md"
+    with pytest.raises(ToolkitError) as e:
+        submit.execute(fake, plan, request, wait=True, out=io.StringIO(), summary=summary, cancel_on_interrupt=True)
+    run_id = fake.calls[-1][1]
+    assert fake.names()[-2:] == ["wait", "cancel"] and e.value.exit_code == 130
+    if fails:
+        assert e.value.message == (f"interrupted, and cancelling run {run_id} failed: cancelling run {run_id} "
+                                   "failed: (AuthorizationFailed) no cancel permission")
+        assert e.value.hint.startswith("cancel it in the studio: https://ml.azure.com/runs/")
+        assert "cancelling the run failed" in summary.read_text()
+    else:
+        assert e.value.message.startswith(f"interrupted: cancelled run {run_id} (CancelRequested)")
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
 def test_a_run_not_followed_says_so_in_the_summary(job, tmp_path):
@@ -387,41 +425,38 @@ def test_azure_failures_are_one_line_with_what_to_do(exc, said, hint):
     assert e.value.hint == hint and "\n" not in str(e.value)
 
 
-class StreamingRun:
-    """A submitted run whose log streaming is interrupted by ``signum``, handled as azureml-core's
-    ``Run.wait_for_completion`` handles it: KeyboardInterrupt re-raised as its own exception."""
+def streaming_run(signum: int):
+    """azureml-core's own ``Run`` with only its network parts replaced: the log stream is interrupted by
+    ``signum``, and ``wait_for_completion`` (the SDK's, unchanged) turns the KeyboardInterrupt into its error."""
+    from azureml.core import Run
 
-    id = "fowl_1700000000_00000000"
+    class StreamingRun(Run):
+        id = "fowl_1700000000_00000000"
 
-    def __init__(self, signum: int):
-        self.signum = signum
-        self.cancelled = False
+        def __init__(self):  # no workspace, no service: the network parts below answer instead
+            self.cancelled = False
 
-    def wait_for_completion(self, show_output, raise_on_error):
-        from azureml.exceptions import ExperimentExecutionException
-
-        try:
-            os.kill(os.getpid(), self.signum)
+        def _stream_run_output(self, *args, **kwargs):
+            os.kill(os.getpid(), signum)
             time.sleep(5)  # the signal arrives while the logs stream
-        except KeyboardInterrupt:
-            raise ExperimentExecutionException("The output streaming for the run interrupted.\n"
-                                               "But the run is still executing on the compute target.") from None
-        raise AssertionError("the signal did not interrupt the streaming")
+            raise AssertionError("the signal did not interrupt the streaming")
 
-    def get_portal_url(self):
-        return f"https://ml.azure.com/runs/{self.id}"
+        def get_portal_url(self):
+            return f"https://ml.azure.com/runs/{self.id}"
 
-    def get_status(self):
-        return "CancelRequested" if self.cancelled else "Running"
+        def get_status(self):
+            return "CancelRequested" if self.cancelled else "Running"
 
-    def cancel(self):
-        self.cancelled = True
+        def cancel(self):
+            self.cancelled = True
+
+    return StreamingRun()
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_a_stop_signal_while_following_a_run_is_one_line_with_its_exit_code(signum):
     workspace_backend = backend.WorkspaceBackend(None, None, RecordingBackend().workspace)
-    run = StreamingRun(signum)
+    run = streaming_run(signum)
     workspace_backend._runs[run.id] = run
     before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(ToolkitError) as e:
@@ -429,4 +464,10 @@ def test_a_stop_signal_while_following_a_run_is_one_line_with_its_exit_code(sign
     assert e.value.exit_code == 128 + signum
     assert e.value.message == f"stopped following run {run.id}; it keeps running: {run.get_portal_url()}"
     assert signal.getsignal(signal.SIGTERM) == before  # the handlers are put back
+
+
+def test_the_backend_cancels_through_the_sdks_run():
+    workspace_backend = backend.WorkspaceBackend(None, None, RecordingBackend().workspace)
+    run = streaming_run(signal.SIGINT)
+    workspace_backend._runs[run.id] = run
     assert workspace_backend.cancel(run.id).status == "CancelRequested" and run.cancelled

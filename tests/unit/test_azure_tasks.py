@@ -100,9 +100,19 @@ def test_push_dry_run_with_basic_auth_masks_the_password():
      ["STANDARD_NC6 was retired", "Standard_NC24ads_A100_v4"]),
     (["compute", "--name", "x_y", "--vm-size", "Standard_D2s_v5", "--dry-run"], ["is not 2-16 letters"]),
     (["model", "--run", "r1", "--dry-run"], ["nothing to do"]),
+    (["submit", "--cancel-on-interrupt"], ["--cancel-on-interrupt needs --wait"]),
+    (["build", "--target", "gpu", "--unless-pushed", "--bake"], ["--bake and --unless-pushed do not go together"]),
+    (["build", "--unless-pushed", "--no-cache"], ["--no-cache and --unless-pushed do not go together"]),
 ])
 def test_bad_input_is_one_line_before_anything_is_contacted(args, fragments):
     one_line_error(invoke(*args, env=OFFLINE), *fragments)
+
+
+def test_an_unwritable_summary_file_is_refused_before_anything_is_submitted(tmp_path, workspace_config):
+    for path in (tmp_path / "missing-folder" / "summary.md", tmp_path):
+        one_line_error(invoke("submit", "--wait", "--summary", str(path), env={**OFFLINE, **workspace_config}),
+                       f"cannot write the summary file {path}")
+    assert not (tmp_path / "missing-folder").exists()
 
 
 def test_no_workspace_configuration_is_one_line_before_docker_or_azure(tmp_path):

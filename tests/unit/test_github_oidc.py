@@ -31,6 +31,12 @@ class Endpoints(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+    def send_raw(self, data: bytes) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
     def do_GET(self):
         server = self.server
         url = urllib.parse.urlsplit(self.path)
@@ -102,6 +108,14 @@ def test_a_refused_exchange_is_one_line_with_entras_words_and_what_to_check(endp
                                "AADSTS70021: No matching federated identity record found for presented assertion. "
                                "Assertion Issuer: 'https://token.actions.githubusercontent.com'.")
     assert "repo:OWNER/REPO:environment:azureml" in e.value.hint and "id-token: write" in e.value.hint
+    said = str(e.value)
+    assert REQUEST_TOKEN not in said and "github-jwt" not in said  # no token in what is printed
+
+
+def test_an_answer_that_is_not_a_json_object_is_one_line(endpoints, monkeypatch):
+    monkeypatch.setattr(Endpoints, "answer", lambda self, status, body: Endpoints.send_raw(self, b"[1, 2]"))
+    with pytest.raises(ToolkitError, match=r"^asking GitHub for an ID token failed: the answer is not a JSON object"):
+        workspace.make_auth("github-oidc", environ(endpoints))
 
 
 def test_outside_a_job_that_may_mint_id_tokens_it_says_what_is_missing():

@@ -81,10 +81,16 @@ def shell_commands(script: str) -> list[list[str]]:
     return [command for command in commands if command]
 
 
+def program(command: list[str]) -> list[str]:
+    """The command without what only sets up how it runs: NAME=value assignments and `exec`."""
+    while command and (re.match(r"^[A-Za-z_]\w*=", command[0]) or command[0] == "exec"):
+        command = command[1:]
+    return command
+
+
 def invoke_argv(command: list[str]) -> list[str] | None:
     """The argument list given to invoke by a simple command, or None when it does not run invoke."""
-    while command and re.match(r"^[A-Za-z_]\w*=", command[0]):  # NAME=value before the command
-        command = command[1:]
+    command = program(command)
     if command[:1] == ["./dev"]:
         command = command[1:]
     if command and Path(command[0]).name in ("invoke", "inv"):
@@ -96,8 +102,7 @@ def invoke_argv(command: list[str]) -> list[str] | None:
 
 def program_problem(command: list[str]) -> str | None:
     """Whether a simple command is one a workflow may run: a README command or a script of .ci/."""
-    while command and re.match(r"^[A-Za-z_]\w*=", command[0]):
-        command = command[1:]
+    command = program(command)
     if not command:
         return None
     if command[0] in ALLOWED_PROGRAMS or invoke_argv(command) is not None:
@@ -234,33 +239,46 @@ def test_azureml_runs_the_tasks_a_person_runs_signed_in_by_oidc_and_summarised()
     assert inputs["compute"]["default"] in project["azure"]["computes"]
     assert workflow["permissions"] == {"contents": "read", "id-token": "write"}
     (job,) = workflow["jobs"].values()
-    steps = job["steps"]
+    steps, env = job["steps"], job["env"]
 
-    # OIDC only: the ids come from secrets, and no password or client secret is asked for anywhere.
+    # OIDC only, in the environment the federated credential names: no password or client secret anywhere.
+    assert job["environment"] == "azureml"
     (login,) = [s for s in steps if s.get("uses", "").startswith("azure/login@")]
-    assert login["with"] == {"client-id": "${{ secrets.AZURE_CLIENT_ID }}",
-                             "tenant-id": "${{ secrets.AZURE_TENANT_ID }}",
-                             "subscription-id": "${{ secrets.AZURE_SUBSCRIPTION_ID }}"}
+    subscription = "${{ vars.AZURE_SUBSCRIPTION_ID || secrets.AZURE_SUBSCRIPTION_ID }}"
+    tenant = "${{ vars.AZURE_TENANT_ID || secrets.AZURE_TENANT_ID }}"
+    assert login["with"] == {"client-id": "${{ secrets.AZURE_CLIENT_ID }}", "tenant-id": tenant,
+                             "subscription-id": subscription}
     assert not re.search(r"(?i)client[-_]secret|password|creds:", text.split("\nname:", 1)[1])
-    assert job["env"]["INVOKE_AZURE_AUTH"] == "github-oidc"
-    assert job["env"]["INVOKE_AZURE_SUBSCRIPTION_ID"] == "${{ secrets.AZURE_SUBSCRIPTION_ID }}"
+    # The tasks' own sign-in (github-oidc) gets the same identity and workspace.
+    assert env["INVOKE_AZURE_AUTH"] == "github-oidc" and env["INVOKE_AZURE_SUBSCRIPTION_ID"] == subscription
+    assert env["AZURE_CLIENT_ID"] == login["with"]["client-id"] and env["AZURE_TENANT_ID"] == tenant
+    assert {env["INVOKE_AZURE_RESOURCE_GROUP"], env["INVOKE_AZURE_WORKSPACE_NAME"]} == {
+        "${{ vars.AZUREML_RESOURCE_GROUP }}", "${{ vars.AZUREML_WORKSPACE }}"}
+    # Layer cache per target, shared with ci.yml's scope for the CPU image.
+    assert env["INVOKE_BUILD_CACHE_FROM"] == "type=gha,scope=amltrain-${{ inputs.target }}"
+    assert env["INVOKE_BUILD_CACHE_TO"] == "type=gha,mode=max,scope=amltrain-${{ inputs.target }}"
+    assert "type=gha,scope=amltrain-cpu" in (WORKFLOW_DIR / "ci.yml").read_text()
 
-    # build -> push -> register -> submit --wait, after azure/login, each with the chosen target.
-    calls = invoke_calls(text)
+    # An offline check before signing in, then build -> push -> register -> submit --wait.
+    runs = [(index, step["run"]) for index, step in enumerate(steps) if "run" in step]
+    calls = [invoke_argv(shell_commands(run)[0]) for _, run in runs]
     tasks = [next(word for word in argv if not word.startswith("-")) for argv in calls]
     assert tasks == ["submit", "build", "push", "register", "submit"]
-    assert "--dry-run" in calls[0] and steps.index(login) < [i for i, s in enumerate(steps) if "run" in s][1]
+    assert "--dry-run" in calls[0] and runs[0][0] < steps.index(login) < runs[1][0]
     assert all(argv[argv.index("--target") + 1] == "$TARGET" for argv in calls)
-    assert "--unless-pushed" in calls[1]
+    assert "--unless-pushed" in calls[1] and "--dry-run" not in calls[-1]
     submit = calls[-1]
     assert {"--wait", "--cancel-on-interrupt"} <= set(submit)
     assert submit[submit.index("--summary") + 1] == "$GITHUB_STEP_SUMMARY"
     for option, variable in [("--compute", "$COMPUTE"), ("--nodes", "$NODES"), ("--procs-per-node",
                              "$PROCS_PER_NODE"), ("--launch", "$LAUNCH")]:
         assert submit[submit.index(option) + 1] == variable and calls[0][calls[0].index(option) + 1] == variable
+    # Each task replaces the step's shell, so GitHub's SIGINT/SIGTERM on cancel reach it (bash would not pass
+    # them on, and the run would not be cancelled).
+    assert all(len(shell_commands(run)) == 1 and shell_commands(run)[0][0] == "exec" for _, run in runs)
     # The inputs reach commands as variables, never pasted into a script (no injection through an input).
-    assert all("${{" not in step.get("run", "") for step in steps)
-    assert {job["env"][name] for name in ("TARGET", "NODES", "PROCS_PER_NODE", "LAUNCH", "COMPUTE")} == {
+    assert all("${{" not in run for _, run in runs)
+    assert {env[name] for name in ("TARGET", "NODES", "PROCS_PER_NODE", "LAUNCH", "COMPUTE")} == {
         "${{ inputs.target }}", "${{ inputs.nodes }}", "${{ inputs.procs-per-node }}", "${{ inputs.launch }}",
         "${{ inputs.compute }}"}
 
