@@ -13,12 +13,26 @@ import sys
 import time
 from pathlib import Path
 
-from invoke import Exit, task
+import invoke
+from invoke import Exit
 
 from amltrain import config, engine, images, localcontrol, localexec, localrun, snapshot, standin
 from amltrain.errors import ToolkitError
 
 ROOT = Path(__file__).resolve().parent
+
+
+class Task(invoke.Task):
+    """invoke's Task, except that an option whose name has no free letter before its first dash gets no short
+    flag: invoke would give it `-`, shown as `--`, which is also the end-of-options marker."""
+
+    def arg_opts(self, name, default, taken_names):
+        opts = super().arg_opts(name, default, taken_names)
+        opts["names"] = [n for n in opts["names"] if n != "-"]
+        return opts
+
+
+task = functools.partial(invoke.task, klass=Task)
 
 
 def one_line_errors(body):

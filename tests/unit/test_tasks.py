@@ -36,6 +36,8 @@ def test_every_task_has_help_for_every_option_and_a_dry_run(name):
     assert "--dry-run" in result.stdout
     options = [line for line in result.stdout.splitlines() if line.strip().startswith("-")]
     assert options and all(len(line.split(None, 1)) == 2 for line in options), result.stdout
+    # No option gets `--` (invoke's end-of-options marker) as its short form.
+    assert not [line for line in options if line.strip().startswith("--,")], result.stdout
 
 
 ENGINE_DOWN = {"DOCKER_HOST": "unix:///nonexistent/docker.sock"}
