@@ -135,7 +135,7 @@ def build(c, target="cpu", bake=False, no_cache=False, unless_pushed=False, dry_
         return
     started = time.monotonic()
     if unless_pushed and not engine.image_exists(engine.connect(), request.image):
-        pushed = _pushed_elsewhere(c, request.image, target)
+        pushed = _pushed_elsewhere(c, request.image)
         if pushed:
             print(f"{pushed} is in the registry: the same inputs, so nothing built "
                   f"({time.monotonic() - started:.2f} s)")
@@ -146,19 +146,15 @@ def build(c, target="cpu", bake=False, no_cache=False, unless_pushed=False, dry_
         _report(code.image, images.build_code(code), started)
 
 
-def _pushed_elsewhere(c, local_ref: str, target: str) -> str:
+def _pushed_elsewhere(c, local_ref: str) -> str:
     """``remote@digest`` when the push destination holds the content-addressed tag, else ""."""
-    from amltrain import registry
     from amltrain.azure import acr, backend, workspace
 
     settings = _azure(c)
-    azure = None
     if acr.needs_workspace(settings):
-        workspace.workspace_ref(settings, ROOT)
-        azure = backend.connect(settings, ROOT)
-    request = acr.push_request(settings, local_ref, azure)
-    pushed = registry.pushed_image(engine.connect(), request)
-    return f"{request.remote}@{pushed.digest_in(request.remote_repository)}" if pushed else ""
+        workspace.workspace_ref(settings, ROOT)  # not configured: one line before contacting anything
+    pushed = acr.registry_image(engine.connect(), settings, local_ref, lambda: backend.connect(settings, ROOT))
+    return pushed.pushed_as if pushed else ""
 
 
 @task(help={"dry-run": "List the images it would remove and remove nothing"})
@@ -246,16 +242,12 @@ def push(c, target=None, dry_run=False):
 
         workspace.workspace_ref(settings, ROOT)  # no workspace configured: one line before anything else
     client = engine.connect()
-    image = registry.built_image(client, local_ref)
-    azure = backend.connect(settings, ROOT) if acr.needs_workspace(settings) else None
-    request = acr.push_request(settings, local_ref, azure)
-    if image is None:  # built elsewhere? Then the registry has it under the same content-addressed tag.
-        pushed = registry.pushed_image(client, request)
-        if pushed is None:
-            raise registry.not_built(local_ref, target, f" and {request.remote} is not in the registry")
-        print(f"{request.remote} is already in the registry ({pushed.digest_in(request.remote_repository)}), "
-              "pushed from another machine: nothing pushed")
+    azure = functools.cache(lambda: backend.connect(settings, ROOT))
+    image = acr.built_or_pushed(client, settings, local_ref, target, azure)
+    if not image.image_id:  # built and pushed by another machine: the same content-addressed tag
+        print("nothing pushed: pushed from another machine under the same content-addressed tag")
         return
+    request = acr.push_request(settings, local_ref, azure() if acr.needs_workspace(settings) else None)
     print(f"pushing {local_ref} -> {request.remote}", flush=True)
     result = registry.push(client, request, image)
     if result.pushed:

@@ -46,6 +46,14 @@ class KnownImage:
     image_id: str  # "" when the image is only in a registry
     repo_digests: tuple[str, ...] = ()
 
+    @property
+    def pushed_as(self) -> str:
+        """``registry/repository:tag@digest`` of the first push this machine knows of, or ""."""
+        if not self.repo_digests:
+            return ""
+        repository, _, digest = self.repo_digests[0].partition("@")
+        return f"{repository}:{self.ref.rsplit(':', 1)[1]}@{digest}"
+
     def digest_in(self, repository: str) -> str:
         """The manifest digest this engine recorded for ``repository`` (registry/name), or ""."""
         for entry in self.repo_digests:

@@ -86,19 +86,24 @@ def push_request(settings: AzureSettings, local_ref: str, backend=None,
                        retries=settings.push_retries, backoff_seconds=settings.push_backoff_seconds)
 
 
+def registry_image(client, settings: AzureSettings, local_ref: str, connect: Callable[[], object]) -> KnownImage | None:
+    """What the push destination holds under ``local_ref``'s content-addressed tag (pushed from any machine), or
+    None. ``connect`` gives the workspace backend, asked for only when the registry's address or login comes
+    from the workspace."""
+    return pushed_image(client, push_request(settings, local_ref, connect() if needs_workspace(settings) else None))
+
+
 def built_or_pushed(client, settings: AzureSettings, local_ref: str, target: str,
                     connect: Callable[[], object]) -> KnownImage:
     """The image this engine built, or else the one the registry holds under the same content-addressed tag
     (what push, register and submit need on a machine that did not build it, e.g. a CI runner after
-    ``invoke build --unless-pushed``). Neither: one line naming both places looked in. ``connect`` gives the
-    workspace backend, asked for only when the registry's address or login comes from the workspace."""
+    ``invoke build --unless-pushed``). Neither: one line naming both places looked in."""
     image = built_image(client, local_ref)
     if image is not None:
         return image
-    request = push_request(settings, local_ref, connect() if needs_workspace(settings) else None)
-    pushed = pushed_image(client, request)
+    pushed = registry_image(client, settings, local_ref, connect)
     if pushed is None:
-        raise not_built(local_ref, target, f" and {request.remote} is not in the registry")
-    print(f"{local_ref} is not built on this machine; the registry has it: "
-          f"{request.remote}@{pushed.digest_in(request.remote_repository)}", flush=True)
+        remote = push_request(settings, local_ref, connect() if needs_workspace(settings) else None).remote
+        raise not_built(local_ref, target, f" and {remote} is not in the registry")
+    print(f"{local_ref} is not built on this machine; the registry has it: {pushed.pushed_as}", flush=True)
     return pushed

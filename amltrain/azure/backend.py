@@ -152,6 +152,7 @@ class WorkspaceBackend:
         self.workspace = ref
         self._runs: dict = {}  # run id -> Run
         self._computes: dict = {}  # name -> ComputeTarget
+        self._acr_tokens: dict[str, str] = {}  # login server -> ACR refresh token
 
     # --- registry -------------------------------------------------------------------------------------------
     def registry_login_server(self) -> str | None:
@@ -167,9 +168,12 @@ class WorkspaceBackend:
 
     def acr_refresh_token(self, login_server: str) -> str:
         """ACR's documented AAD exchange (POST /oauth2/exchange): an ARM token for an ACR refresh token, which
-        ``docker login`` takes as the password of user 00000000-0000-0000-0000-000000000000 (as az acr login)."""
+        ``docker login`` takes as the password of user 00000000-0000-0000-0000-000000000000 (as az acr login).
+        Kept for this backend's life (ACR's refresh tokens last hours): one exchange per task."""
         import requests
 
+        if login_server in self._acr_tokens:
+            return self._acr_tokens[login_server]
         with azure_errors(f"exchanging an AAD token for a registry token at {login_server}",
                           "your identity needs AcrPush on the registry"):
             arm_token = self._auth.get_authentication_header()["Authorization"].split(" ", 1)[1]
@@ -178,7 +182,8 @@ class WorkspaceBackend:
             if response.status_code != 200:
                 raise ToolkitError(f"{login_server} refused the AAD token exchange (HTTP {response.status_code})",
                                    "your identity needs AcrPush on the registry")
-            return response.json()["refresh_token"]
+            self._acr_tokens[login_server] = response.json()["refresh_token"]
+            return self._acr_tokens[login_server]
 
     # --- environments ---------------------------------------------------------------------------------------
     def get_environment(self, name: str, version: str):

@@ -198,8 +198,9 @@ def test_an_image_pushed_from_another_machine_is_neither_built_nor_pushed_again(
     assert not docker_client.images.list(name=image_repository), "it built (or pulled) the image"
     push = invoke("push", "--target", "gpu", env=env)
     assert push.returncode == 0, push.stdout + push.stderr
-    assert f"{registry.address}/{ref} is already in the registry ({digest}), pushed from another machine: " \
-           "nothing pushed" in push.stdout
+    assert push.stdout.splitlines() == [
+        f"{ref} is not built on this machine; the registry has it: {registry.address}/{ref}@{digest}",
+        "nothing pushed: pushed from another machine under the same content-addressed tag"], push.stdout
     assert registry.blob_uploads() == uploads
 
     # The workflow's own path: the workspace's ACR, found and logged in to through the workspace (aad).

@@ -471,3 +471,28 @@ def test_the_backend_cancels_through_the_sdks_run():
     run = streaming_run(signal.SIGINT)
     workspace_backend._runs[run.id] = run
     assert workspace_backend.cancel(run.id).status == "CancelRequested" and run.cancelled
+
+
+def test_the_acr_token_is_exchanged_once_per_backend(monkeypatch):
+    """push asks for the registry login more than once (is it there? then push): one AAD exchange serves all."""
+    import requests
+
+    class Auth:
+        def get_authentication_header(self):
+            return {"Authorization": "Bearer arm-token"}
+
+    posted = []
+
+    class Answer:
+        status_code = 200
+
+        def json(self):
+            return {"refresh_token": f"acr-token-{len(posted)}"}
+
+    monkeypatch.setattr(requests, "post", lambda url, **kwargs: posted.append((url, kwargs["data"])) or Answer())
+    workspace_backend = backend.WorkspaceBackend(None, Auth(), RecordingBackend().workspace)
+    tokens = [workspace_backend.acr_refresh_token("wsacr.azurecr.io") for _ in range(3)]
+    assert tokens == ["acr-token-1"] * 3
+    assert posted == [("https://wsacr.azurecr.io/oauth2/exchange", {
+        "grant_type": "access_token", "service": "wsacr.azurecr.io", "access_token": "arm-token"})]
+    assert workspace_backend.acr_refresh_token("other.azurecr.io") == "acr-token-2"
