@@ -148,12 +148,14 @@ def build(c, target="cpu", bake=False, no_cache=False, unless_pushed=False, dry_
 
 def _pushed_elsewhere(c, local_ref: str) -> str:
     """``remote@digest`` when the push destination holds the content-addressed tag, else ""."""
+    from amltrain import registry
     from amltrain.azure import acr, backend, workspace
 
     settings = _azure(c)
     if acr.needs_workspace(settings):
         workspace.workspace_ref(settings, ROOT)  # not configured: one line before contacting anything
-    pushed = acr.registry_image(engine.connect(), settings, local_ref, lambda: backend.connect(settings, ROOT))
+    request = acr.push_request(settings, local_ref, connect=lambda: backend.connect(settings, ROOT))
+    pushed = registry.pushed_image(engine.connect(), request)
     return pushed.pushed_as if pushed else ""
 
 
@@ -161,12 +163,11 @@ def _pushed_elsewhere(c, local_ref: str) -> str:
 @one_line_errors
 def prune_images(c, dry_run=False):
     """Remove this project's images that no current target uses (old content-addressed tags)."""
-    keep = set()
-    for target in config.targets(c.config):
-        ref = images.image_ref(config.image_spec(c.config, target, ROOT))
-        keep |= {ref, images.latest_code_ref(ref)}
-    repository = str(config.section(c.config, "images").get("repository") or "amltrain")
-    stale = images.stale_images(repository, keep)
+    specs = [config.image_spec(c.config, target, ROOT) for target in config.targets(c.config)]
+    if not specs:
+        raise ToolkitError("no image targets configured", "declare them under images: in invoke.yaml")
+    keep = {ref for spec in specs for ref in (images.image_ref(spec), images.latest_code_ref(images.image_ref(spec)))}
+    stale = images.stale_images(specs[0].repository, keep)
     for ref in stale:
         print(f"{'would remove' if dry_run else 'removing'} {ref}")
     if not dry_run:
@@ -247,7 +248,7 @@ def push(c, target=None, dry_run=False):
     if not image.image_id:  # built and pushed by another machine: the same content-addressed tag
         print("nothing pushed: pushed from another machine under the same content-addressed tag")
         return
-    request = acr.push_request(settings, local_ref, azure() if acr.needs_workspace(settings) else None)
+    request = acr.push_request(settings, local_ref, connect=azure)
     print(f"pushing {local_ref} -> {request.remote}", flush=True)
     result = registry.push(client, request, image)
     if result.pushed:
@@ -350,7 +351,7 @@ def submit(c, target=None, compute=None, nodes=None, procs_per_node=None, launch
     if cancel_on_interrupt and not wait:
         raise ToolkitError("--cancel-on-interrupt needs --wait: without it the task ends once the run is submitted",
                            "add --wait")
-    plan = azure_submit.plan(job, settings, compute, input or [], spec.base_image, gpu)
+    plan = azure_submit.plan(job, settings, compute, input or [], gpu)
     _warn(plan.warnings)
     if dry_run:
         try:

@@ -219,12 +219,6 @@ def job_spec(
 NPROC_PER_NODE = re.compile(r"--nproc[_-]per[_-]node[= ]+(\d+)\b")  # torchrun's, in a per-node command
 
 
-def _count(value: Any, what: str) -> int:
-    if isinstance(value, bool) or not str(value).strip().isdigit() or int(value) < 1:
-        raise ToolkitError(f"{what} must be a whole number of at least 1, got {value!r}", f"e.g. --{what} 2")
-    return int(value)
-
-
 def distribution_spec(configured: Mapping[str, Any], *, launch: str | None = None, nodes: Any = None,
                       procs_per_node: Any = None, command: str = "") -> Distribution:
     """``job.distribution`` (launch, nodes, procs_per_node) with task options winning; refuses what Azure ML
@@ -234,9 +228,9 @@ def distribution_spec(configured: Mapping[str, Any], *, launch: str | None = Non
         raise ToolkitError(f"unknown launch mode {launch!r}", f"use one of: {', '.join(LAUNCH_MODES)}")
     result = Distribution(
         launch=launch,
-        nodes=_count(nodes if nodes is not None else configured.get("nodes", 1), "nodes"),
-        procs_per_node=_count(procs_per_node if procs_per_node is not None else configured.get("procs_per_node", 1),
-                              "procs-per-node"),
+        nodes=_whole(nodes if nodes is not None else configured.get("nodes", 1), "nodes", 1, "e.g. --nodes 2"),
+        procs_per_node=_whole(procs_per_node if procs_per_node is not None else configured.get("procs_per_node", 1),
+                              "procs-per-node", 1, "e.g. --procs-per-node 2"),
     )
     if launch == "per-node" and not command:
         raise ToolkitError("--launch per-node starts your --command once per node, and no command was given",
@@ -306,7 +300,7 @@ def local_settings(cfg: Mapping[str, Any], root: Path, user: str | None = None,
     if not uid.isdigit() or (gid and not gid.isdigit()):
         raise ToolkitError(f"user {user!r} is not UID[:GID]", "e.g. --user 1000:1000")
     shm_size = str(local.get("shm_size") or "2g")
-    if not re.fullmatch(r"\d+[bkmgBKMG]?", shm_size):
+    if not SIZE.fullmatch(shm_size):
         raise ToolkitError(f"local.shm_size {shm_size!r} is not a size", "e.g. 2g, 512m")
     return LocalSettings(
         runs_dir=(root / str(local.get("runs_dir") or "runs")).resolve(),
@@ -324,9 +318,9 @@ COMPUTE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9-]{1,15}")  # AmlCompute: 2-16 let
 SIZE = re.compile(r"\d+[bkmgBKMG]?")
 
 
-def _whole(value: Any, what: str, minimum: int = 0) -> int:
+def _whole(value: Any, what: str, minimum: int = 0, hint: str | None = None) -> int:
     if isinstance(value, bool) or not str(value).strip().isdigit() or int(value) < minimum:
-        raise ToolkitError(f"{what} must be a whole number of at least {minimum}, got {value!r}")
+        raise ToolkitError(f"{what} must be a whole number of at least {minimum}, got {value!r}", hint)
     return int(value)
 
 

@@ -115,4 +115,3 @@ class RecordingBackend:
                 raise ToolkitError(f"downloading {prefix} of run {run_id} failed: connection reset")
             (directory / name).parent.mkdir(parents=True, exist_ok=True)  # append_prefix=True: DIR/outputs/…
             (directory / name).write_bytes(self.artifacts[name])
-        return names

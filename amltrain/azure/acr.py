@@ -76,21 +76,17 @@ def credentials(settings: AzureSettings, address: str, backend=None,
     return Credentials(ACR_TOKEN_USER, backend.acr_refresh_token(address))
 
 
-def push_request(settings: AzureSettings, local_ref: str, backend=None,
+def push_request(settings: AzureSettings, local_ref: str, backend=None, *, connect: Callable[[], object] | None = None,
                  environ: Mapping[str, str] = os.environ) -> PushRequest:
-    """What ``invoke push`` does; with ``backend=None`` (a dry run) nothing is asked of Azure."""
+    """What ``invoke push`` does; with no backend (a dry run) nothing is asked of Azure. ``connect`` gives the
+    workspace backend, asked for only when the registry's address or login comes from the workspace."""
+    if connect is not None and needs_workspace(settings):
+        backend = connect()
     address = registry_address(settings, backend)
     creds = credentials(settings, address, backend, environ)
     return PushRequest(local=local_ref, registry=address, repository=settings.registry.repository,
                        credentials=creds, credential_source=credential_source(settings, backend is not None),
                        retries=settings.push_retries, backoff_seconds=settings.push_backoff_seconds)
-
-
-def registry_image(client, settings: AzureSettings, local_ref: str, connect: Callable[[], object]) -> KnownImage | None:
-    """What the push destination holds under ``local_ref``'s content-addressed tag (pushed from any machine), or
-    None. ``connect`` gives the workspace backend, asked for only when the registry's address or login comes
-    from the workspace."""
-    return pushed_image(client, push_request(settings, local_ref, connect() if needs_workspace(settings) else None))
 
 
 def built_or_pushed(client, settings: AzureSettings, local_ref: str, target: str,
@@ -101,9 +97,9 @@ def built_or_pushed(client, settings: AzureSettings, local_ref: str, target: str
     image = built_image(client, local_ref)
     if image is not None:
         return image
-    pushed = registry_image(client, settings, local_ref, connect)
+    request = push_request(settings, local_ref, connect=connect)
+    pushed = pushed_image(client, request)
     if pushed is None:
-        remote = push_request(settings, local_ref, connect() if needs_workspace(settings) else None).remote
-        raise not_built(local_ref, target, f" and {remote} is not in the registry")
+        raise not_built(local_ref, target, f" and {request.remote} is not in the registry")
     print(f"{local_ref} is not built on this machine; the registry has it: {pushed.pushed_as}", flush=True)
     return pushed

@@ -24,7 +24,6 @@ from .spec import AzureSettings, WorkspaceRef
 from .workspace import LOGIN_HINT, auth_mode, make_auth, workspace_ref
 
 ACR_TOKEN_USER = "00000000-0000-0000-0000-000000000000"  # the user name ACR expects with an AAD refresh token
-FINAL_STATES = ("Completed", "Failed", "Canceled")
 
 
 @dataclass(frozen=True)
@@ -61,7 +60,7 @@ class AzureBackend(Protocol):
     def cancel(self, run_id: str) -> RunInfo: ...
     def run_file_names(self, run_id: str) -> list[str]: ...
     def register_model(self, run_id: str, name: str, path: str, tags: dict[str, str]) -> tuple[str, str]: ...
-    def download_files(self, run_id: str, prefix: str, directory: Path) -> list[str]: ...
+    def download_files(self, run_id: str, prefix: str, directory: Path) -> None: ...  # into DIR/prefix/
 
 
 QUOTA_HINT = ("ask for more quota for the VM family in the workspace's region (Azure portal: Quotas), or use "
@@ -73,8 +72,6 @@ NETWORK_HINT = "Azure could not be reached: check the network, a proxy (HTTPS_PR
 # (compute), a JSON dump of the response (workspace, environments).
 _SERVICE_CODE = re.compile(r'"code"\s*:\s*"([^"]+)"')
 _SERVICE_MESSAGE = re.compile(r'"message"\s*:\s*"((?:[^"\\]|\\.)*)"')
-# Artifact and blob URLs in errors carry SAS tokens in their query string: never printed.
-_SAS_QUERY = re.compile(r"\?[^\s'\"()]*\bsig=[^\s'\"()]*")
 
 
 def _said(exc: BaseException) -> str:
@@ -99,7 +96,7 @@ def azure_message(exc: BaseException) -> str:
             line = f"{code.group(1)}: {line}"
     else:
         line = next((part.strip() for part in text.splitlines() if part.strip()), type(exc).__name__)
-    return _SAS_QUERY.sub("?****", mask_url_credentials(" ".join(line.split())))[:240]
+    return mask_url_credentials(" ".join(line.split()))[:240]
 
 
 def azure_hint(exc: BaseException, default: str = "") -> str:
@@ -152,13 +149,16 @@ class WorkspaceBackend:
         self.workspace = ref
         self._runs: dict = {}  # run id -> Run
         self._computes: dict = {}  # name -> ComputeTarget
-        self._acr_tokens: dict[str, str] = {}  # login server -> ACR refresh token
+        self._login_server: str | None = None
 
     # --- registry -------------------------------------------------------------------------------------------
     def registry_login_server(self) -> str | None:
-        with azure_errors("reading the workspace's details"):
-            arm_id = self._ws.get_details().get("containerRegistry") or ""
-        return f"{arm_id.rstrip('/').rsplit('/', 1)[-1].lower()}.azurecr.io" if arm_id else None
+        """Asked of the workspace once (it does not change during a task)."""
+        if self._login_server is None:
+            with azure_errors("reading the workspace's details"):
+                arm_id = self._ws.get_details().get("containerRegistry") or ""
+            self._login_server = f"{arm_id.rstrip('/').rsplit('/', 1)[-1].lower()}.azurecr.io" if arm_id else ""
+        return self._login_server or None
 
     def registry_admin_credentials(self) -> tuple[str, str]:
         with azure_errors("reading the registry's admin credentials (ws.list_keys)",
@@ -168,12 +168,9 @@ class WorkspaceBackend:
 
     def acr_refresh_token(self, login_server: str) -> str:
         """ACR's documented AAD exchange (POST /oauth2/exchange): an ARM token for an ACR refresh token, which
-        ``docker login`` takes as the password of user 00000000-0000-0000-0000-000000000000 (as az acr login).
-        Kept for this backend's life (ACR's refresh tokens last hours): one exchange per task."""
+        ``docker login`` takes as the password of user 00000000-0000-0000-0000-000000000000 (as az acr login)."""
         import requests
 
-        if login_server in self._acr_tokens:
-            return self._acr_tokens[login_server]
         with azure_errors(f"exchanging an AAD token for a registry token at {login_server}",
                           "your identity needs AcrPush on the registry"):
             arm_token = self._auth.get_authentication_header()["Authorization"].split(" ", 1)[1]
@@ -182,8 +179,7 @@ class WorkspaceBackend:
             if response.status_code != 200:
                 raise ToolkitError(f"{login_server} refused the AAD token exchange (HTTP {response.status_code})",
                                    "your identity needs AcrPush on the registry")
-            self._acr_tokens[login_server] = response.json()["refresh_token"]
-            return self._acr_tokens[login_server]
+            return response.json()["refresh_token"]
 
     # --- environments ---------------------------------------------------------------------------------------
     def get_environment(self, name: str, version: str):
@@ -296,12 +292,10 @@ class WorkspaceBackend:
             model = run.register_model(model_name=name, model_path=path, tags=tags)
             return model.name, str(model.version)
 
-    def download_files(self, run_id: str, prefix: str, directory: Path) -> list[str]:
+    def download_files(self, run_id: str, prefix: str, directory: Path) -> None:
         run = self._run(run_id)
         with azure_errors(f"downloading {prefix} of run {run_id}"):
-            names = [n for n in run.get_file_names() if n == prefix or n.startswith(prefix.rstrip("/") + "/")]
             run.download_files(prefix=prefix, output_directory=str(directory), append_prefix=True)
-            return names
 
 
 def _delete_if_failed(target) -> str:

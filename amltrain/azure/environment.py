@@ -71,17 +71,23 @@ def serialized(env) -> dict:
     return Environment._serialize_to_dict(env)
 
 
+def registered(backend, name: str, version: str, image: str):
+    """The workspace's Environment name:version, or None; one that points at another image is refused (the
+    same content hash pushed to another registry)."""
+    existing = backend.get_environment(name, version)
+    if existing is not None and existing.docker.base_image != image:
+        raise ToolkitError(f"environment {name}:{version} exists with image {existing.docker.base_image}, "
+                           f"not {image}", "the same content hash from another registry: set "
+                           "azure.environment.name to keep them apart")
+    return existing
+
+
 def ensure_registered(backend, env, out=None) -> tuple[object, bool]:
-    """Register ``env`` unless its name:version exists; an existing one must point at the same image."""
+    """Register ``env`` unless its name:version exists (pointing at the same image)."""
     out = out or sys.stdout
-    existing = backend.get_environment(env.name, env.version)
+    existing = registered(backend, env.name, env.version, env.docker.base_image)
     if existing is not None:
-        if existing.docker.base_image != env.docker.base_image:
-            raise ToolkitError(f"environment {env.name}:{env.version} exists with image "
-                               f"{existing.docker.base_image}, not {env.docker.base_image}",
-                               "the same content hash from another registry: set azure.environment.name to keep "
-                               "them apart")
         return existing, False
-    registered = backend.register_environment(env)
-    print(f"registered environment {registered.name}:{registered.version} ({env.docker.base_image})", file=out)
-    return registered, True
+    new = backend.register_environment(env)
+    print(f"registered environment {new.name}:{new.version} ({env.docker.base_image})", file=out)
+    return new, True

@@ -66,11 +66,12 @@ def execute(backend, request: ModelRequest, out=None) -> None:
                                                {"amltrain.run_id": request.run_id})
         print(f"registered model {name}:{version} from {request.model_path} of run {request.run_id}", file=out)
     if request.download_to:
-        files = download(backend, request)
-        print(f"downloaded {len(files)} file(s) of {request.prefix}/ into {request.download_to}", file=out)
+        download(backend, request)
+        count = sum(1 for n in names if n.startswith(request.prefix.rstrip("/") + "/"))
+        print(f"downloaded {count} file(s) of {request.prefix}/ into {request.download_to}", file=out)
 
 
-def download(backend, request: ModelRequest) -> list[str]:
+def download(backend, request: ModelRequest) -> None:
     """Into a hidden folder inside the destination first, moved into place only when every file is there:
     a failed or interrupted download leaves nothing behind (not even the folder, when it made it)."""
     landing = request.download_to / request.prefix
@@ -78,10 +79,9 @@ def download(backend, request: ModelRequest) -> list[str]:
     request.download_to.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".amltrain-download-", dir=request.download_to))
     try:
-        files = backend.download_files(request.run_id, request.prefix, staging)
+        backend.download_files(request.run_id, request.prefix, staging)
         (staging / request.prefix).mkdir(exist_ok=True)
         (staging / request.prefix).rename(landing)
-        return files
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         if made and not landing.exists():

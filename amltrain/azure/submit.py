@@ -34,12 +34,12 @@ from pathlib import Path
 from .. import snapshot
 from ..config import key_values
 from ..errors import ToolkitError
-from ..localrun import INPUT_REF, mask
+from ..localrun import INPUT_REF, mask, mask_words
 from ..registry import KnownImage
 from ..signals import STOP_SIGNALS, signals_ignored
 from ..spec import Distribution, JobSpec
 from . import preflight
-from .environment import EnvironmentRef, definition
+from .environment import EnvironmentRef, definition, registered
 from .spec import AzureSettings, ComputeSpec
 
 DATASET_INPUT = re.compile(r"azureml:(?!//)([A-Za-z0-9_.-]+)(?::([A-Za-z0-9_.-]+))?")
@@ -149,13 +149,14 @@ class Plan:
     warnings: tuple[str, ...] = ()
 
 
-def plan(job: JobSpec, settings: AzureSettings, compute: str | None, inputs: Iterable[str], base_image: str,
-         gpu_target: bool) -> Plan:
+def plan(job: JobSpec, settings: AzureSettings, compute: str | None, inputs: Iterable[str], gpu_target: bool) -> Plan:
+    """The job against the cluster's declaration, its inputs and the snapshot limits (the base image is checked
+    where the image is chosen: ``preflight.check_base_image``)."""
     name = compute or settings.compute
     if not name:
         raise ToolkitError("no compute given", "use --compute NAME or set azure.compute")
     spec = settings.computes.get(name) or ComputeSpec(name=name, declared=False)
-    warnings = list(preflight.check_base_image(base_image, gpu_target))
+    warnings: list[str] = []
     if spec.declared:
         if not spec.vm_size:
             raise ToolkitError(f"azure.computes.{name} has no vm_size", "declare its vm_size in invoke.yaml")
@@ -209,13 +210,15 @@ def service_configuration(src) -> dict:
 
 
 def masked(value, key: str = ""):
-    """A copy with secret-looking values replaced (environment variables, registry passwords)."""
+    """A copy with secret-looking values replaced: environment variables, registry passwords, and options
+    named like secrets in the script's arguments or the command (``--hf-token X``), as run-local masks them."""
     if isinstance(value, Mapping):
         return {k: masked(v, str(k)) for k, v in value.items()}
     if isinstance(value, list):
-        return [masked(v, key) for v in value]
+        words = mask_words(value) if key == "arguments" and all(isinstance(v, str) for v in value) else value
+        return [masked(v, key) for v in words]
     if isinstance(value, str):
-        return mask(key, value)
+        return " ".join(mask_words(value.split(" "))) if key == "command" else mask(key, value)
     return value
 
 
@@ -328,14 +331,10 @@ def execute(backend, p: Plan, request: SubmitRequest, wait: bool, out=None, summ
                            f"declare azure.computes.{cluster.name}.vm_size as {cluster.vm_size}, or choose a cluster "
                            "that fits the target")
     env = request.environment
-    registered = backend.get_environment(env.name, env.version)
-    if registered is None:
+    if registered(backend, env.name, env.version, env.image) is None:
         raise ToolkitError(f"environment {env.name}:{env.version} is not registered in workspace "
                            f"{backend.workspace.workspace_name}",
                            f"invoke push --target {p.job.target} && invoke register --target {p.job.target}")
-    if registered.docker.base_image != env.image:
-        raise ToolkitError(f"environment {env.name}:{env.version} points at {registered.docker.base_image}, "
-                           f"not {env.image}", "set azure.environment.name to keep registries apart")
     run = backend.submit(request.experiment, request.script_run_config, dict(request.tags))
     print(f"submitted run {run.run_id} to {p.compute.name}: {run.portal_url}", file=out, flush=True)
     _append(summary, summary_markdown(run, p, request))

@@ -63,7 +63,7 @@ def test_images_keep_no_secret_in_layers_or_history(cpu_image, gpu_image):
 @pytest.fixture
 def tiny_context(tmp_path):
     """The real Dockerfile.cpu and helpers with a one-package conda spec: a build that takes seconds."""
-    copy_project(tmp_path, ("Dockerfile.cpu", "conda", "amltrain/condaspec.py", ".dockerignore"))
+    copy_project(tmp_path, ("Dockerfile.cpu", "conda", "docker", "amltrain/condaspec.py", ".dockerignore"))
     (tmp_path / "conda/tiny.yml").write_text("dependencies:\n  - python\n  - pip:\n      - six==1.17.0\n")
     return tmp_path
 
@@ -152,18 +152,24 @@ def test_a_horovod_sdist_other_than_the_pinned_one_fails_the_build_in_one_line(c
 
 
 def test_prune_images_removes_only_tags_no_target_uses(cpu_image, gpu_image, docker_client):
-    repository = cpu_image.split(":")[0]
-    stale = f"{repository}:cpu-000000000000"
-    docker_client.images.get(cpu_image).tag(repository, tag="cpu-000000000000")  # an "old build"
+    """In a repository of its own (tags are hashes of the inputs, whatever the repository), so that the test
+    never prunes a developer's images built under other settings."""
+    repository = "amltrain/test-prune"
+    env = {"INVOKE_IMAGES_REPOSITORY": repository}
+    current = [f"{repository}:{image.rsplit(':', 1)[1]}" for image in (cpu_image, gpu_image)]
+    stale = f"{repository}:cpu-000000000000"  # an "old build"
+    for image, ref in zip((cpu_image, gpu_image, cpu_image), (*current, stale), strict=True):
+        docker_client.images.get(image).tag(*ref.rsplit(":", 1))
     try:
-        dry = invoke("prune-images", "--dry-run")
+        dry = invoke("prune-images", "--dry-run", env=env)
         assert dry.returncode == 0, dry.stderr
-        assert f"would remove {stale}" in dry.stdout and cpu_image not in dry.stdout and gpu_image not in dry.stdout
+        assert f"would remove {stale}" in dry.stdout and not any(ref in dry.stdout for ref in current)
         assert engine.image_exists(docker_client, stale)
-        result = invoke("prune-images")
+        result = invoke("prune-images", env=env)
         assert result.returncode == 0, result.stderr
         assert not engine.image_exists(docker_client, stale)
-        assert engine.image_exists(docker_client, cpu_image) and engine.image_exists(docker_client, gpu_image)
+        assert all(engine.image_exists(docker_client, ref) for ref in (*current, cpu_image, gpu_image))
     finally:
-        if engine.image_exists(docker_client, stale):
-            docker_client.images.remove(stale)
+        for ref in (*current, stale):
+            if engine.image_exists(docker_client, ref):
+                docker_client.images.remove(ref)

@@ -74,9 +74,9 @@ def test_push_logins_aad_admin_basic_docker():
     admin = acr.push_request(AzureSettings(registry=RegistrySettings(auth="admin")), LOCAL_REF, fake)
     assert admin.credentials.password == "admin-password-canary"
     basic = AzureSettings(registry=RegistrySettings(address="localhost:5000", auth="basic", username="u"))
-    assert acr.push_request(basic, LOCAL_REF, None, {"AMLTRAIN_REGISTRY_PASSWORD": "p"}).credentials.password == "p"
+    assert acr.push_request(basic, LOCAL_REF, environ={"AMLTRAIN_REGISTRY_PASSWORD": "p"}).credentials.password == "p"
     with pytest.raises(ToolkitError, match="AMLTRAIN_REGISTRY_PASSWORD is not set"):
-        acr.push_request(basic, LOCAL_REF, None, {})
+        acr.push_request(basic, LOCAL_REF, environ={})
     docker = AzureSettings(registry=RegistrySettings(address="localhost:5000", auth="docker"))
     assert acr.push_request(docker, LOCAL_REF, None).credentials is None
     for request in (aad, admin):  # what a dry run or a log shows never has the secret
@@ -152,7 +152,7 @@ def job(tmp_path):
 
 
 def submission(job, fake, compute="gpu-cluster", settings=SETTINGS):
-    plan = submit.plan(job, settings, compute, [], "mcr.microsoft.com/azureml/openmpi5.0-ubuntu24.04:x", True)
+    plan = submit.plan(job, settings, compute, [], True)
     ref, env = registered_env(fake, settings)
     request = submit.SubmitRequest("fowl", ref, submit.script_run_config(plan, env, settings),
                                    submit.tags(plan, ref, IMAGE, "abc123"))
@@ -319,10 +319,10 @@ def test_an_unregistered_environment_submits_nothing(job):
 def test_declared_compute_limits_are_checked_offline(job):
     with pytest.raises(ToolkitError, match="5 nodes asked, but compute gpu-cluster scales to at most 4"):
         submit.plan(JobSpec(**{**job.__dict__, "distribution": Distribution("per-process", 5, 1)}), SETTINGS,
-                    "gpu-cluster", [], "x", True)
+                    "gpu-cluster", [], True)
     with pytest.raises(ToolkitError, match="5 processes per node on Standard_NC96ads_A100_v4, which has 4 GPU"):
         submit.plan(JobSpec(**{**job.__dict__, "distribution": Distribution("mpi", 1, 5)}), SETTINGS,
-                    "gpu-cluster", [], "x", True)
+                    "gpu-cluster", [], True)
 
 
 def test_an_undeclared_cluster_of_the_wrong_kind_submits_nothing(job):
@@ -340,16 +340,16 @@ def test_snapshot_over_the_file_limit_is_refused_before_anything(job):
     for i in range(2001):
         (job.source_dir / f"f{i}.txt").write_text("x")
     with pytest.raises(ToolkitError, match="has 2002 files, 0.0 MB; Azure ML allows 2000 files"):
-        submit.plan(job, SETTINGS, "gpu-cluster", [], "x", True)
+        submit.plan(job, SETTINGS, "gpu-cluster", [], True)
 
 
 def test_snapshot_over_the_size_limit_is_refused_and_amlignore_honoured(job):
     with open(job.source_dir / "weights.bin", "wb") as big:  # sparse: 301 MB that take no disk
         big.truncate(301 * 2**20)
     with pytest.raises(ToolkitError, match="has 2 files, 301.0 MB; Azure ML allows 2000 files and 300 MB"):
-        submit.plan(job, SETTINGS, "gpu-cluster", [], "x", True)
+        submit.plan(job, SETTINGS, "gpu-cluster", [], True)
     (job.source_dir / ".amlignore").write_text("*.bin\n")
-    assert submit.plan(job, SETTINGS, "gpu-cluster", [], "x", True).snapshot_files == 2  # train.py, .amlignore
+    assert submit.plan(job, SETTINGS, "gpu-cluster", [], True).snapshot_files == 2  # train.py, .amlignore
 
 
 def test_a_download_that_breaks_off_leaves_nothing_behind(tmp_path):
@@ -471,28 +471,3 @@ def test_the_backend_cancels_through_the_sdks_run():
     run = streaming_run(signal.SIGINT)
     workspace_backend._runs[run.id] = run
     assert workspace_backend.cancel(run.id).status == "CancelRequested" and run.cancelled
-
-
-def test_the_acr_token_is_exchanged_once_per_backend(monkeypatch):
-    """push asks for the registry login more than once (is it there? then push): one AAD exchange serves all."""
-    import requests
-
-    class Auth:
-        def get_authentication_header(self):
-            return {"Authorization": "Bearer arm-token"}
-
-    posted = []
-
-    class Answer:
-        status_code = 200
-
-        def json(self):
-            return {"refresh_token": f"acr-token-{len(posted)}"}
-
-    monkeypatch.setattr(requests, "post", lambda url, **kwargs: posted.append((url, kwargs["data"])) or Answer())
-    workspace_backend = backend.WorkspaceBackend(None, Auth(), RecordingBackend().workspace)
-    tokens = [workspace_backend.acr_refresh_token("wsacr.azurecr.io") for _ in range(3)]
-    assert tokens == ["acr-token-1"] * 3
-    assert posted == [("https://wsacr.azurecr.io/oauth2/exchange", {
-        "grant_type": "access_token", "service": "wsacr.azurecr.io", "access_token": "arm-token"})]
-    assert workspace_backend.acr_refresh_token("other.azurecr.io") == "acr-token-2"

@@ -39,7 +39,7 @@ def job(source, launch="per-process", nodes=1, procs=1, command="", arguments=("
 
 def body(j, compute="gpu4", inputs=(), settings=SETTINGS) -> dict:
     """What Experiment.submit would send as the run's configuration."""
-    plan = submit.plan(j, settings, compute, inputs, "mcr.microsoft.com/azureml/openmpi5.0-ubuntu24.04:x", True)
+    plan = submit.plan(j, settings, compute, inputs, True)
     ref = environment.environment_ref(settings, "gpu", LOCAL_REF, "wsacr.azurecr.io")
     src = submit.script_run_config(plan, environment.definition(ref, settings, environ={}), settings)
     return submit.service_configuration(src)
@@ -207,7 +207,7 @@ def test_the_dry_run_body_is_what_the_sdk_posts(source, posted_by_the_sdk, launc
     arguments = ("--data-dir", "${{inputs.fowl}}") if inputs and not command else ("--num-epochs", "1")
     j = job(source, launch=launch, nodes=nodes, procs=procs, command=command, arguments=arguments,
             env={"NCCL_DEBUG": "INFO"})
-    plan = submit.plan(j, SETTINGS, "gpu4", inputs, "mcr.microsoft.com/azureml/openmpi5.0-ubuntu24.04:x", True)
+    plan = submit.plan(j, SETTINGS, "gpu4", inputs, True)
     ref = environment.environment_ref(SETTINGS, "gpu", LOCAL_REF, "wsacr.azurecr.io")
     src = submit.script_run_config(plan, environment.definition(ref, SETTINGS, environ={}), SETTINGS)
     printed = submit.service_configuration(src)

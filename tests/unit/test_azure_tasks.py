@@ -74,6 +74,22 @@ def test_submit_dry_run_prints_the_sdk_body_with_secrets_masked(workspace_config
     assert SECRET not in result.stdout
 
 
+@pytest.mark.parametrize("options, field, expected", [
+    (["--args", f"--hf-token {SECRET} --api-key={SECRET} --lr 0.1"], "arguments",
+     ["--hf-token", "****", "--api-key=****", "--lr", "0.1"]),
+    (["--launch", "per-node", "--command", f"torchrun train.py --hf-token {SECRET} --data https://u:{SECRET}@h/d"],
+     "command", "torchrun train.py --hf-token **** --data https://****@h/d"),
+])
+def test_submit_dry_run_masks_secret_options_of_the_script_and_the_command(workspace_config, options, field,
+                                                                            expected):
+    import yaml
+
+    result = invoke("submit", "--target", "gpu", *options, "--dry-run", env={**OFFLINE, **workspace_config})
+    assert result.returncode == 0, result.stderr
+    assert yaml.safe_load(result.stdout)["run_configuration"][field] == expected
+    assert SECRET not in result.stdout
+
+
 def test_push_dry_run_to_the_workspace_registry_says_how_it_would_log_in(workspace_config):
     result = invoke("push", "--target", "gpu", "--dry-run", env={**OFFLINE, **workspace_config})
     assert result.returncode == 0, result.stderr

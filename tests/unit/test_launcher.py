@@ -115,6 +115,9 @@ def exec_server(tmp_path):
             break
         except OSError:
             time.sleep(0.05)
+    else:
+        server.kill()
+        pytest.fail(f"the exec server never listened on port {port}: {server.communicate()[0]}")
     yield control
     server.kill()
     server.wait()
@@ -151,14 +154,19 @@ def test_an_idle_client_does_not_block_the_run(exec_server):
 def test_the_rsh_agent_is_refused_without_the_runs_token(exec_server, tmp_path):
     (exec_server / "token").write_text("guess")
     agent = start(exec_server, "rsh", "127.0.0.1", "touch", str(tmp_path / "pwned"))
-    agent.communicate(timeout=30)
+    out, _ = agent.communicate(timeout=30)
     assert agent.returncode == 255 and not (tmp_path / "pwned").exists()
+    assert "amltrain rsh:" not in out  # refused by the server, not a connection that failed
 
 
 def test_a_killed_agent_takes_its_remote_command_with_it(exec_server, tmp_path):
-    marker = tmp_path / "still-running"
-    agent = start(exec_server, "rsh", "127.0.0.1", f"sleep 2; touch {marker}")
-    time.sleep(0.5)
+    started, marker = tmp_path / "started", tmp_path / "still-running"
+    agent = start(exec_server, "rsh", "127.0.0.1", f"touch {started}; sleep 2; touch {marker}")
+    for _ in range(100):
+        if started.exists():
+            break
+        time.sleep(0.05)
+    assert started.exists(), "the remote command never started"
     agent.kill()
     agent.wait()
     time.sleep(3)
