@@ -17,7 +17,7 @@ import invoke
 from invoke import Exit
 
 from amltrain import config, engine, images, localcontrol, localexec, localrun, snapshot, standin
-from amltrain.errors import ToolkitError
+from amltrain.errors import ToolkitError, first_line
 
 ROOT = Path(__file__).resolve().parent
 
@@ -50,8 +50,7 @@ def one_line_errors(body):
         except Exception as exc:  # an engine answer nobody anticipated: still one line
             if os.environ.get("AMLTRAIN_DEBUG") or not type(exc).__module__.startswith("docker."):
                 raise
-            first = (str(getattr(exc, "explanation", None) or exc).splitlines() or [""])[0][:300]
-            raise Exit(f"error: Docker: {first} (AMLTRAIN_DEBUG=1 shows the traceback)", code=1) from None
+            raise Exit(f"error: Docker: {first_line(exc)} (AMLTRAIN_DEBUG=1 shows the traceback)", code=1) from None
 
     return wrapper
 
@@ -502,18 +501,13 @@ def local_cancel(c, run=None, all=False, dry_run=False):
     """Stop a running local run from any shell: all its containers and its network; results are kept."""
     if bool(run) == bool(all):
         raise ToolkitError("name one run (--run ID) or give --all", "`invoke local-status` lists the runs")
-    client = engine.connect()
-    if dry_run:
-        running = localcontrol.active_runs(client)
-        if run and run not in running:
-            raise ToolkitError(f"no local run {run!r} is running", "`invoke local-status` lists the runs")
-        for rid in [run] if run else sorted(running):
-            print(f"would cancel {rid}: {len(running[rid])} container(s) and its network")
-        return
-    cancelled = localcontrol.cancel(client, run)
-    for rid in cancelled:
-        print(f"cancelled {rid}: containers and network removed; results kept")
-    if not cancelled:
+    targets = localcontrol.cancel_targets(engine.connect(), run)
+    if not dry_run:
+        localcontrol.cancel(targets)
+    for rid, (containers, networks) in targets.items():
+        print(f"{'would cancel' if dry_run else 'cancelled'} {rid}: {len(containers)} container(s) and "
+              f"{len(networks)} network(s){'' if dry_run else ' removed; results kept'}")
+    if not targets:
         print("no local runs running")
 
 

@@ -18,3 +18,8 @@ class ToolkitError(Exception):
 
     def __str__(self) -> str:
         return f"{self.message} ({self.hint})" if self.hint else self.message
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's reason on one line: docker-py's ``explanation`` (the engine's own words) when it has one."""
+    return (str(getattr(exc, "explanation", None) or exc).splitlines() or [""])[0][:300]

@@ -26,7 +26,7 @@ from .spec import BuildSettings, ImageSpec, mask_url_credentials
 
 STAGE = "deps"
 # Files the Dockerfiles bind-mount into the dependency step: they determine the image as much as the spec.
-HELPERS = ("conda/install-deps.sh", "docker/install-horovod.sh", "amltrain/condaspec.py")
+HELPERS = ("conda/install-deps.sh", "image-helpers/install-horovod.sh", "amltrain/condaspec.py")
 CONTENT_LABEL = "amltrain.content-hash"
 # The Dockerfiles bind-mount this context folder into the install step; build.wheelhouse is linked into it.
 WHEELHOUSE = ".wheelhouse"

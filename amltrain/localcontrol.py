@@ -112,24 +112,27 @@ def print_logs(client, folder: Path, rank: int | None, follow: bool, out) -> Non
         time.sleep(0.5)
 
 
-def cancel(client, run_id: str | None) -> list[str]:
-    """Stop and remove the containers and network of one run (or of all runs); results stay. The run's
-    own `run-local` sees its containers go, reads the mark and reports the cancellation. A network left
-    behind by a run whose containers are gone is removed too."""
+def cancel_targets(client, run_id: str | None) -> dict[str, tuple[list, list]]:
+    """The containers and networks a cancel removes, per run: one run's, or (None) all runs'. A network left
+    behind by a run whose containers are gone counts as that run's."""
     running = active_runs(client)
     networks = defaultdict(list)
     for network in client.networks.list(filters={"label": LABEL_RUN_ID}):
         networks[network.attrs.get("Labels", {}).get(LABEL_RUN_ID, "")].append(network)
-    chosen = sorted(set(running) | set(networks)) if run_id is None else [run_id]
     if run_id is not None and run_id not in running and run_id not in networks:
         raise ToolkitError(f"no local run {run_id!r} is running", "`invoke local-status` lists the runs")
-    for rid in chosen:
-        containers = running.get(rid, [])
+    chosen = sorted(set(running) | set(networks)) if run_id is None else [run_id]
+    return {rid: (running.get(rid, []), networks.get(rid, [])) for rid in chosen}
+
+
+def cancel(targets: dict[str, tuple[list, list]]) -> None:
+    """Stop and remove what ``cancel_targets`` found; results stay. The run's own `run-local` sees its
+    containers go, reads the mark and reports the cancellation."""
+    for containers, networks in targets.values():
         folder = Path(containers[0].labels.get(LABEL_RUN_DIR, "")) if containers else None
         if folder and folder.is_dir():
             (folder / CANCEL_MARK).write_text(json.dumps({"by": "invoke local-cancel", "time": time.time()}) + "\n")
         for container in containers:
             remove_container(container)
-        for network in networks.get(rid, []):
+        for network in networks:
             remove_network(network)
-    return chosen

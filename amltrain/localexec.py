@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import engine, launcher, snapshot
-from .errors import ToolkitError
+from .errors import ToolkitError, first_line
 from .localrun import CANCEL_MARK, LABEL_RUN_ID, WORKDIR, describe
 from .signals import signals_as_interrupts, signals_ignored
 from .spec import ContainerRequest, LocalRequest
@@ -79,7 +79,7 @@ def run(request: LocalRequest, out=None) -> None:
             if not started:
                 raise _refused(exc, request) from None
             _stop_gang(containers)
-            outcome = Outcome("Failed", 1, f"Docker ({_reason(exc)})", str(request.run_dir / "logs"))
+            outcome = Outcome("Failed", 1, f"Docker ({first_line(exc)})", str(request.run_dir / "logs"))
         finally:
             problems = _teardown(client, request, containers)
             if not started:  # nothing ran: leave nothing behind
@@ -195,22 +195,22 @@ def _teardown(client, request: LocalRequest, containers) -> list[str]:
         try:
             found.update({c.id: c for c in client.containers.list(all=True, filters=label)})
         except docker.errors.APIError as exc:
-            problems.append(f"listing its containers: {_reason(exc)}")
+            problems.append(f"listing its containers: {first_line(exc)}")
         for container in found.values():
             try:
                 remove_container(container)
             except (docker.errors.APIError, ToolkitError) as exc:
-                problems.append(f"container {container.name}: {_reason(exc)}")
+                problems.append(f"container {container.name}: {first_line(exc)}")
         networks = []
         try:
             networks = client.networks.list(filters=label)
         except docker.errors.APIError as exc:
-            problems.append(f"listing its network: {_reason(exc)}")
+            problems.append(f"listing its network: {first_line(exc)}")
         for network in networks:
             try:
                 remove_network(network)
             except (docker.errors.APIError, ToolkitError) as exc:
-                problems.append(f"network {network.name}: {_reason(exc)}")
+                problems.append(f"network {network.name}: {first_line(exc)}")
     return problems
 
 
@@ -284,13 +284,9 @@ def _archive_from_image(client, image: str, folder: str, uid: int, gid: int) -> 
     return snapshot.reroot(data, Path(folder).name, WORKDIR, uid, gid)
 
 
-def _reason(exc) -> str:
-    return (str(getattr(exc, "explanation", None) or exc).splitlines() or [""])[0][:300]
-
-
 def _refused(exc, request: LocalRequest) -> ToolkitError:
     """Docker refused to create or start a container: one line, with the usual cause named."""
-    reason = _reason(exc)
+    reason = first_line(exc)
     hint = None
     if "capabilities: [[gpu]]" in reason or "nvidia" in reason.lower():
         hint = "GPUs need the NVIDIA Container Toolkit on the host; or set local.gpus to none"

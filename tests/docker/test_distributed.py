@@ -128,8 +128,11 @@ def test_local_status_logs_and_cancel_work_from_another_shell(cpu_image, probe_e
         follow = subprocess.Popen([sys.executable, "-m", "invoke", "local-logs", "--run", run_dir.name, "--follow"],
                                   cwd=ROOT, env={**os.environ, **probe_env}, stdout=subprocess.PIPE, text=True)
         started = time.monotonic()
+        dry = invoke("local-cancel", "--run", run_dir.name, "--dry-run", env=probe_env)
+        assert dry.stdout == f"would cancel {run_dir.name}: 2 container(s) and 1 network(s)\n", dry.stdout + dry.stderr
         cancel = invoke("local-cancel", "--run", run_dir.name, env=probe_env)
-        assert cancel.returncode == 0 and "cancelled" in cancel.stdout, cancel.stderr
+        assert cancel.returncode == 0, cancel.stderr
+        assert cancel.stdout == f"cancelled {run_dir.name}: 2 container(s) and 1 network(s) removed; results kept\n"
         _, stderr = proc.communicate(timeout=60)
         assert time.monotonic() - started < 30
         followed, _ = follow.communicate(timeout=30)  # --follow ends by itself when the run does

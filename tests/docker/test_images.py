@@ -63,7 +63,7 @@ def test_images_keep_no_secret_in_layers_or_history(cpu_image, gpu_image):
 @pytest.fixture
 def tiny_context(tmp_path):
     """The real Dockerfile.cpu and helpers with a one-package conda spec: a build that takes seconds."""
-    copy_project(tmp_path, ("Dockerfile.cpu", "conda", "docker", "amltrain/condaspec.py", ".dockerignore"))
+    copy_project(tmp_path, ("Dockerfile.cpu", "conda", "image-helpers", "amltrain/condaspec.py", ".dockerignore"))
     (tmp_path / "conda/tiny.yml").write_text("dependencies:\n  - python\n  - pip:\n      - six==1.17.0\n")
     return tmp_path
 

@@ -11,7 +11,7 @@ from tests.conftest import copy_project
 @pytest.fixture
 def project(tmp_path) -> Path:
     """A copy of what the image depends on, so tests can change any of it."""
-    return copy_project(tmp_path, ("Dockerfile.cpu", "conda", "docker", "amltrain/condaspec.py"))
+    return copy_project(tmp_path, ("Dockerfile.cpu", "conda", "image-helpers", "amltrain/condaspec.py"))
 
 
 @pytest.fixture
@@ -27,7 +27,7 @@ def test_tag_is_stable_for_the_same_inputs(spec):
 
 
 @pytest.mark.parametrize("path", ["Dockerfile.cpu", "conda/cpu.yml", "conda/install-deps.sh",
-                                  "docker/install-horovod.sh", "amltrain/condaspec.py"])
+                                  "image-helpers/install-horovod.sh", "amltrain/condaspec.py"])
 def test_tag_changes_when_a_file_that_determines_the_image_changes(spec, path):
     before = images.content_hash(spec)
     with open(spec.context / path, "a") as f:
