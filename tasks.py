@@ -16,10 +16,14 @@ from pathlib import Path
 import invoke
 from invoke import Exit
 
-from amltrain import config, engine, images, localcontrol, localexec, localrun, snapshot, standin
+from amltrain import config, engine, images, snapshot, standin
 from amltrain.errors import ToolkitError, first_line
+from amltrain.local import control as localcontrol
+from amltrain.local import executor as localexec
+from amltrain.local import request as localrun
 
 ROOT = Path(__file__).resolve().parent
+SDK_HELP = "Azure ML SDK: v2 (azure-ai-ml, the default) or v1 (azureml-core); default azure.sdk"
 
 
 class Task(invoke.Task):
@@ -55,24 +59,31 @@ def one_line_errors(body):
     return wrapper
 
 
-def _print_yaml(data) -> None:
+def _yaml_text(data) -> str:
     import yaml
 
     class Plain(yaml.SafeDumper):  # repeated values printed in full, not as &anchors
         def ignore_aliases(self, data):
             return True
 
-    print(yaml.dump(data, Dumper=Plain, sort_keys=False, width=1000), end="")
+    return yaml.dump(data, Dumper=Plain, sort_keys=False, width=1000)
+
+
+def _print_yaml(data) -> None:
+    print(_yaml_text(data), end="")
 
 
 @task(help={"force": "Remake the image even if it exists",
+            "openmpi-off-path": "OpenMPI in /usr/local/openmpi and off PATH, as some openmpi5.0 MCR bases have it "
+                                "(standin.openmpi_off_path); tagged <standin.image>-openmpi-off-path",
             "dry-run": "Print the commands and run nothing"})
 @one_line_errors
-def standin_base(c, force=False, dry_run=False):
+def standin_base(c, force=False, openmpi_off_path=False, dry_run=False):
     """Make the local stand-in for the MCR AzureML base (Debian + Python venv + OpenMPI); needs root."""
     cfg = config.section(c.config, "standin")
     plan = standin.plan(str(cfg.get("image")), str(cfg.get("suite") or "bookworm"), str(cfg.get("mirror") or ""),
-                        str(config.section(c.config, "docker").get("cli") or "docker"))
+                        str(config.section(c.config, "docker").get("cli") or "docker"),
+                        openmpi_off_path=openmpi_off_path or config.flag(cfg.get("openmpi_off_path")))
     if dry_run:
         print(plan.render())
         return
@@ -107,9 +118,10 @@ def _report(image: str, built: bool, started: float) -> None:
             "unless-pushed": "Build nothing when the push destination (the workspace's ACR or "
                              "azure.registry.address) has this content-addressed tag already, pushed from any "
                              "machine: a fresh CI runner then builds only what changed",
+            "sdk": SDK_HELP + " (with --unless-pushed: asks the workspace for its registry)",
             "dry-run": "Print the image tag and the build command (secrets masked) and build nothing"})
 @one_line_errors
-def build(c, target="cpu", bake=False, no_cache=False, unless_pushed=False, dry_run=False):
+def build(c, target="cpu", bake=False, no_cache=False, unless_pushed=False, sdk=None, dry_run=False):
     """Build the training image; with nothing changed, does no build work at all."""
     spec = config.image_spec(c.config, target, ROOT)
     request = images.build_request(spec, config.build_settings(c.config))
@@ -126,7 +138,7 @@ def build(c, target="cpu", bake=False, no_cache=False, unless_pushed=False, dry_
         if unless_pushed:
             from amltrain.azure import acr
 
-            remote = acr.push_request(_azure(c), request.image).remote
+            remote = acr.push_request(_session(c, sdk).settings, request.image).remote
             print(f"unless pushed: when not built here, asks {remote} for the tag first; builds only if it is "
                   "missing there")
         if code:
@@ -134,7 +146,9 @@ def build(c, target="cpu", bake=False, no_cache=False, unless_pushed=False, dry_
         return
     started = time.monotonic()
     if unless_pushed and not engine.image_exists(engine.connect(), request.image):
-        pushed = _pushed_elsewhere(c, request.image)
+        from amltrain.azure import flow
+
+        pushed = flow.pushed_elsewhere(_session(c, sdk), request.image)
         if pushed:
             print(f"{pushed} is in the registry: the same inputs, so nothing built "
                   f"({time.monotonic() - started:.2f} s)")
@@ -143,19 +157,6 @@ def build(c, target="cpu", bake=False, no_cache=False, unless_pushed=False, dry_
     if code:
         started = time.monotonic()
         _report(code.image, images.build_code(code), started)
-
-
-def _pushed_elsewhere(c, local_ref: str) -> str:
-    """``remote@digest`` when the push destination holds the content-addressed tag, else ""."""
-    from amltrain import registry
-    from amltrain.azure import acr, backend, workspace
-
-    settings = _azure(c)
-    if acr.needs_workspace(settings):
-        workspace.workspace_ref(settings, ROOT)  # not configured: one line before contacting anything
-    request = acr.push_request(settings, local_ref, connect=lambda: backend.connect(settings, ROOT))
-    pushed = registry.pushed_image(engine.connect(), request)
-    return pushed.pushed_as if pushed else ""
 
 
 @task(help={"dry-run": "List the images it would remove and remove nothing"})
@@ -183,106 +184,50 @@ def image_ref(c, target=None, dry_run=False):
     print(images.image_ref(config.image_spec(c.config, target, ROOT)))
 
 
-# --- Azure ML (SDK v1): push, register, compute, submit, model -------------------------------------------------
-# Library: amltrain/registry.py and amltrain/azure/. Dry runs contact nothing; Azure is reached only through
-# amltrain.azure.backend (the tests' seam).
+# --- Azure ML: push, register, compute, submit, model -----------------------------------------------------------
+# Library: amltrain/azure/flow.py (one session, prepared requests described or executed) over SDK v2 or v1.
+# Dry runs contact nothing; Azure is reached only through each SDK's backend (the tests' seam).
 
 
-def _azure(c):
-    return config.azure_settings(c.config)
+
+def _session(c, sdk=None):
+    from amltrain.azure import flow, settings
+
+    return flow.AzureSession(settings.from_config(c.config, sdk), ROOT)
 
 
-def _warn(lines) -> None:
-    for line in lines:
-        print(f"warning: {line}", flush=True)
+def _image(c, session, target):
+    from amltrain.azure import flow
+
+    image = flow.image_choice(c.config, target, ROOT)
+    session.warn(image.warnings)
+    return image
 
 
-def _workspace_label(settings) -> str:
-    """Which workspace and credential a real run would use, read from files and the environment only."""
-    from amltrain.azure import workspace
-
-    try:
-        ref = workspace.workspace_ref(settings, ROOT)
-    except ToolkitError as exc:
-        return f"not configured ({exc.message}); a real run stops here"
-    return (f"{ref.workspace_name} (resource group {ref.resource_group}, from {ref.source}; "
-            f"auth {workspace.auth_mode(settings.auth, os.environ)})")
-
-
-def _image(c, target):
-    """The target's image spec and content-addressed tag, with the base image's deprecation checked."""
-    from amltrain.azure import preflight
-
-    target = target or str(config.section(c.config, "job").get("target") or "cpu")
-    spec = config.image_spec(c.config, target, ROOT)
-    gpu = bool(config.section(config.section(c.config, "images"), target).get("gpu"))
-    _warn(preflight.check_base_image(spec.base_image, gpu))
-    return target, spec, images.image_ref(spec), gpu
-
-
-@task(help={"target": "Image flavour to push (default: job.target)",
+@task(help={"target": "Image flavour to push (default: job.target)", "sdk": SDK_HELP,
             "dry-run": "Print the image, where it would go and how it would log in (secrets masked); "
                        "contact nothing"})
 @one_line_errors
-def push(c, target=None, dry_run=False):
+def push(c, target=None, sdk=None, dry_run=False):
     """Push the built image to the workspace's ACR (or azure.registry.address); nothing sent if it is there."""
-    from amltrain import registry
-    from amltrain.azure import acr, backend
+    from amltrain.azure import flow
 
-    settings = _azure(c)
-    target, _, local_ref, _ = _image(c, target)
-    if dry_run:
-        described = acr.push_request(settings, local_ref).describe()
-        if acr.needs_workspace(settings):
-            described["workspace"] = _workspace_label(settings)
-        _print_yaml(described)
-        return
-    if acr.needs_workspace(settings):
-        from amltrain.azure import workspace
-
-        workspace.workspace_ref(settings, ROOT)  # no workspace configured: one line before anything else
-    client = engine.connect()
-    azure = functools.cache(lambda: backend.connect(settings, ROOT))
-    image = acr.built_or_pushed(client, settings, local_ref, target, azure)
-    if not image.image_id:  # built and pushed by another machine: the same content-addressed tag
-        print("nothing pushed: pushed from another machine under the same content-addressed tag")
-        return
-    request = acr.push_request(settings, local_ref, connect=azure)
-    print(f"pushing {local_ref} -> {request.remote}", flush=True)
-    result = registry.push(client, request, image)
-    if result.pushed:
-        print(f"pushed {result.remote}@{result.digest} in {result.seconds:.1f} s")
-    else:
-        print(f"{result.remote} is already in the registry ({result.digest}): nothing pushed "
-              f"({result.seconds:.2f} s)")
+    session = _session(c, sdk)
+    request = flow.prepare_push(session, _image(c, session, target))
+    _print_yaml(request.describe()) if dry_run else request.execute()
 
 
-@task(help={"target": "Image flavour whose pushed image to register (default: job.target)",
+@task(help={"target": "Image flavour whose pushed image to register (default: job.target)", "sdk": SDK_HELP,
             "dry-run": "Print the Environment definition it would register (secrets masked); contact nothing"})
 @one_line_errors
-def register(c, target=None, dry_run=False):
-    """Register the pushed image as an Azure ML Environment (user-managed deps); same image -> same version."""
-    from amltrain.azure import acr, backend, environment, workspace
-    from amltrain.azure.submit import masked
+def register(c, target=None, sdk=None, dry_run=False):
+    """Register the pushed image (by digest) as an Azure ML Environment; same image -> same version."""
+    from amltrain.azure import flow
 
-    settings = _azure(c)
-    target, _, local_ref, _ = _image(c, target)
-    if dry_run:
-        ref = environment.environment_ref(settings, target, local_ref, acr.registry_address(settings))
-        definition = environment.serialized(environment.definition(ref, settings))
-        _print_yaml({"workspace": _workspace_label(settings), "environment": f"{ref.name}:{ref.version}",
-                     "image": ref.image, "registered_when_missing": masked(definition)})
-        return
-    workspace.workspace_ref(settings, ROOT)
-    azure = functools.cache(lambda: backend.connect(settings, ROOT))
-    image = acr.built_or_pushed(engine.connect(), settings, local_ref, target, azure)
-    ref = environment.environment_ref(settings, target, local_ref, acr.registry_address(settings, azure()))
-    if not image.digest_in(ref.repository):
-        _warn([f"this engine has not pushed or pulled {ref.image}; Azure ML can run it only once the registry has "
-               f"it (invoke push --target {target})"])
-    _, new = environment.ensure_registered(azure(), environment.definition(ref, settings))
-    if not new:
-        print(f"environment {ref.name}:{ref.version} is registered already ({ref.image}): nothing registered")
+    session = _session(c, sdk)
+    request = flow.prepare_register(session, _image(c, session, target), offline=dry_run)
+    session.warn(request.warnings)
+    _print_yaml(request.describe()) if dry_run else request.execute()
 
 
 @task(help={"name": "Cluster name (default: azure.compute); its azure.computes entry gives the defaults",
@@ -291,37 +236,33 @@ def register(c, target=None, dry_run=False):
             "max-nodes": "Most nodes the cluster scales to",
             "idle-seconds": "Idle time before scaling down",
             "priority": "dedicated or low (low priority: cheaper, may be pre-empted)",
+            "identity": "The cluster's managed identity: none, system, or a user-assigned identity's resource id "
+                        "(with AcrPull it pulls images from an ACR whose admin user is off)",
+            "sdk": SDK_HELP,
             "dry-run": "Print the cluster and the creation request the SDK would send; contact nothing"})
 @one_line_errors
 def compute(c, name=None, vm_size=None, min_nodes=None, max_nodes=None, idle_seconds=None, priority=None,
-            dry_run=False):
+            identity=None, sdk=None, dry_run=False):
     """Find or create an AmlCompute cluster and wait until it is ready."""
-    from amltrain.azure import backend, workspace
-    from amltrain.azure import compute as azure_compute
+    from amltrain.azure import flow
+    from amltrain.azure import settings as azure_settings
 
-    settings = _azure(c)
-    spec = config.compute_for(settings, name or settings.compute, vm_size=vm_size, min_nodes=min_nodes,
-                              max_nodes=max_nodes, idle_seconds=idle_seconds, priority=priority)
-    azure_compute.validate(spec)
-    if dry_run:
-        try:
-            subscription = workspace.workspace_ref(settings, ROOT).subscription_id
-        except ToolkitError:
-            subscription = "<subscription>"
-        _print_yaml({"workspace": _workspace_label(settings), "compute": azure_compute.describe(spec),
-                     "created_when_missing": azure_compute.creation_payload(spec, "<workspace location>",
-                                                                            subscription)})
-        return
-    azure_compute.ensure(backend.connect(settings, ROOT), spec)
+    session = _session(c, sdk)
+    spec = azure_settings.compute_for(session.settings, name or session.settings.compute, vm_size=vm_size,
+                                      min_nodes=min_nodes, max_nodes=max_nodes, idle_seconds=idle_seconds,
+                                      priority=priority, identity=identity)
+    request = flow.prepare_compute(session, spec)
+    _print_yaml(request.describe()) if dry_run else request.execute()
 
 
 @task(iterable=["input", "env"],
       help={"target": "Image flavour (default: job.target); its registered Environment is used",
-            "compute": "AmlCompute cluster (default: azure.compute)",
+            "compute": "AmlCompute cluster (default: azure.compute), or serverless (SDK v2: no cluster)",
+            "instance-type": "With --compute serverless: the VM size to run on (default: azure.instance_type)",
             "nodes": "Nodes (default: job.distribution.nodes, 1)",
             "procs-per-node": "Processes per node; at most the VM size's GPUs (default 1)",
-            "launch": "per-process (PyTorchConfiguration with process_count), per-node (your --command once per "
-                      "node, e.g. torchrun) or mpi (MpiConfiguration, for Horovod)",
+            "launch": "per-process (Azure ML starts every rank), per-node (your --command once per node, e.g. "
+                      "torchrun) or mpi (mpirun, for Horovod)",
             "command": "Shell command run instead of `python SCRIPT ARGS` (needed for --launch per-node)",
             "script": "Training script, relative to job.source_dir (default: job.script)",
             "args": "Script arguments as one string; ${{inputs.NAME}} becomes that input's path on the cluster",
@@ -332,77 +273,60 @@ def compute(c, name=None, vm_size=None, min_nodes=None, max_nodes=None, idle_sec
                                    "cancel the run too instead of leaving it running",
             "summary": "Append the run as Markdown (run id, studio link, image digest, final status) to this "
                        "file, e.g. \"$GITHUB_STEP_SUMMARY\" for a GitHub job summary",
-            "dry-run": "Print the run configuration exactly as the SDK serializes it for the service (secrets "
-                       "masked); contact nothing"})
+            "emit-yaml": "SDK v2: write the job as `az ml job create -f FILE` reads it, and submit nothing",
+            "sdk": SDK_HELP,
+            "dry-run": "Print the job as the SDK sends it (v2: the job YAML; v1: the run configuration), secrets "
+                       "masked; contact nothing"})
 @one_line_errors
-def submit(c, target=None, compute=None, nodes=None, procs_per_node=None, launch=None, command=None, script=None,
-           args=None, input=None, env=None, wait=False, cancel_on_interrupt=False, summary=None, dry_run=False):
+def submit(c, target=None, compute=None, instance_type=None, nodes=None, procs_per_node=None, launch=None,
+           command=None, script=None, args=None, input=None, env=None, wait=False, cancel_on_interrupt=False,
+           summary=None, emit_yaml=None, sdk=None, dry_run=False):
     """Submit the job (the one run-local runs) to Azure ML: one process, DDP per process or per node, or MPI."""
-    from amltrain import registry
-    from amltrain.azure import acr, backend, environment, workspace
-    from amltrain.azure import submit as azure_submit
+    from amltrain.azure import flow
 
-    settings = _azure(c)
+    session = _session(c, sdk)
     job = config.job_spec(c.config, ROOT, target=target, script=script, arguments=args, env=env or [],
                           command=command, launch=launch, nodes=nodes, procs_per_node=procs_per_node,
                           require_inputs=False)
-    target, spec, local_ref, gpu = _image(c, job.target)
-    if cancel_on_interrupt and not wait:
-        raise ToolkitError("--cancel-on-interrupt needs --wait: without it the task ends once the run is submitted",
-                           "add --wait")
-    plan = azure_submit.plan(job, settings, compute, input or [], gpu)
-    _warn(plan.warnings)
-    if dry_run:
-        try:
-            image = registry.local_image(engine.connect(), local_ref, target)
-        except ToolkitError:
-            image = None  # not built or no engine: the dry run says "unknown"
-        ref = environment.environment_ref(settings, target, local_ref, acr.registry_address(settings))
-        request = azure_submit.submit_request(plan, settings, ref, image)
-        described = azure_submit.describe(plan, request, _workspace_label(settings))
-        if summary:
-            described["summary"] = f"the run's table appended to {summary} once submitted (nothing written now)"
-        if wait:
-            described["wait"] = ("stream the logs, exit with the run's status"
-                                 + ("; cancel the run if interrupted" if cancel_on_interrupt else ""))
-        _print_yaml(described)
-        return
-    workspace.workspace_ref(settings, ROOT)
-    if summary:
-        _check_writable(Path(summary), "summary file")
-    azure = functools.cache(lambda: backend.connect(settings, ROOT))
-    image = acr.built_or_pushed(engine.connect(), settings, local_ref, target, azure)
-    ref = environment.environment_ref(settings, target, local_ref, acr.registry_address(settings, azure()))
-    azure_submit.execute(azure(), plan, azure_submit.submit_request(plan, settings, ref, image), wait,
-                         summary=Path(summary) if summary else None, cancel_on_interrupt=cancel_on_interrupt)
+    offline = dry_run or bool(emit_yaml)
+    if emit_yaml:
+        flow.check_emit_target(session, Path(emit_yaml))
+    request = flow.prepare_submit(session, job, _image(c, session, job.target), offline=offline,
+                                  compute_name=compute, instance_type=instance_type, inputs=input or [],
+                                  wait=wait, cancel_on_interrupt=cancel_on_interrupt, summary=summary)
+    session.warn(request.warnings)
+    if emit_yaml:
+        flow.emit_yaml(request, Path(emit_yaml))
+    elif dry_run:
+        _print_dry_submit(request)
+    else:
+        request.execute()
 
 
-def _check_writable(path: Path, what: str) -> None:
-    """Before anything is started: a file to append to later must be writable (else one line now)."""
-    folder = path.parent if str(path.parent) else Path(".")
-    writable = os.access(path, os.W_OK) if path.exists() else folder.is_dir() and os.access(folder, os.W_OK)
-    if path.is_dir() or not writable:
-        raise ToolkitError(f"cannot write the {what} {path}", "give a writable file path")
+def _print_dry_submit(request) -> None:
+    """v2: the job YAML as `az ml job create -f` reads it, after the plan as comments; v1: one YAML mapping."""
+    if request.session.settings.sdk == "v2":
+        for key, value in request.describe().items():
+            lines = _yaml_text({key: value}).rstrip("\n").splitlines()
+            print("\n".join(f"# {line}" for line in lines))
+        print(_yaml_text(request.document()), end="")
+    else:
+        _print_yaml({**request.describe(), **request.document()})
 
 
 @task(help={"run": "Run id (`invoke submit` prints it)",
             "register": "Register the run's model under this name",
             "path": "The model's path in the run's artifacts (default: outputs, the whole folder)",
-            "download": "Download the run's outputs/ into this folder",
+            "download": "Download the run's outputs/ into this folder (as DIR/outputs/...)",
+            "sdk": SDK_HELP,
             "dry-run": "Print what it would register and download; contact nothing"})
 @one_line_errors
-def model(c, run=None, register=None, download=None, path=None, dry_run=False):
+def model(c, run=None, register=None, download=None, path=None, sdk=None, dry_run=False):
     """Register a finished run's model (from its outputs/) and/or download its outputs."""
-    from amltrain.azure import backend
-    from amltrain.azure import model as azure_model
+    from amltrain.azure import flow
 
-    settings = _azure(c)
-    request = azure_model.model_request(run or "", register, download, path, ROOT)
-    if dry_run:
-        print(f"workspace: {_workspace_label(settings)}")
-        print("\n".join(request.describe()))
-        return
-    azure_model.execute(backend.connect(settings, ROOT), request)
+    request = flow.prepare_model(_session(c, sdk), run or "", register, download, path)
+    print("\n".join(request.describe())) if dry_run else request.execute()
 
 
 def _run_local(c, *, target, script, args, inputs, env, user, dry_run, inputs_made_later=False, baked=False,

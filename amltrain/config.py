@@ -16,6 +16,7 @@ from typing import Any
 
 from . import condaspec
 from .errors import ToolkitError
+from .masking import mask_url_credentials
 from .spec import (
     LAUNCH_MODES,
     BuildSettings,
@@ -24,7 +25,6 @@ from .spec import (
     JobSpec,
     LocalSettings,
     frozen_map,
-    mask_url_credentials,
 )
 
 
@@ -217,6 +217,7 @@ def job_spec(
 
 
 NPROC_PER_NODE = re.compile(r"--nproc[_-]per[_-]node[= ]+(\d+)\b")  # torchrun's, in a per-node command
+NNODES = re.compile(r"--nnodes[= ]+(\d+)(?::(\d+))?(?=\s|$)")  # torchrun's node count (MIN[:MAX]); $VARS pass
 
 
 def distribution_spec(configured: Mapping[str, Any], *, launch: str | None = None, nodes: Any = None,
@@ -228,8 +229,8 @@ def distribution_spec(configured: Mapping[str, Any], *, launch: str | None = Non
         raise ToolkitError(f"unknown launch mode {launch!r}", f"use one of: {', '.join(LAUNCH_MODES)}")
     result = Distribution(
         launch=launch,
-        nodes=_whole(nodes if nodes is not None else configured.get("nodes", 1), "nodes", 1, "e.g. --nodes 2"),
-        procs_per_node=_whole(procs_per_node if procs_per_node is not None else configured.get("procs_per_node", 1),
+        nodes=whole(nodes if nodes is not None else configured.get("nodes", 1), "nodes", 1, "e.g. --nodes 2"),
+        procs_per_node=whole(procs_per_node if procs_per_node is not None else configured.get("procs_per_node", 1),
                               "procs-per-node", 1, "e.g. --procs-per-node 2"),
     )
     if launch == "per-node" and not command:
@@ -241,6 +242,12 @@ def distribution_spec(configured: Mapping[str, Any], *, launch: str | None = Non
             raise ToolkitError(f"--procs-per-node {procs_per_node} but the command starts {launched.group(1)} "
                                "processes per node (--nproc_per_node)", "give the same number, or drop one")
         result = Distribution(launch, result.nodes, int(launched.group(1)))
+    nnodes = NNODES.search(command) if launch == "per-node" else None
+    if nnodes and not int(nnodes.group(1)) <= result.nodes <= int(nnodes.group(2) or nnodes.group(1)):
+        said = nnodes.group(0).replace("=", " ").split()[-1]
+        raise ToolkitError(f"the command's torchrun waits for {said} node(s) "
+                           f"(--nnodes) but the job has {result.nodes} (--nodes): it would hang at rendezvous",
+                           "give the same number, or write --nnodes $AZUREML_NODE_COUNT (set on every node)")
     return result
 
 
@@ -312,116 +319,23 @@ def local_settings(cfg: Mapping[str, Any], root: Path, user: str | None = None,
     )
 
 
-# --- Azure ML (`azure:`): push, register, compute, submit, model ---------------------------------------------
+# --- values shared by every section ----------------------------------------------------------------------
 
-COMPUTE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9-]{1,15}")  # AmlCompute: 2-16 letters, digits, hyphens
 SIZE = re.compile(r"\d+[bkmgBKMG]?")
 
 
-def _whole(value: Any, what: str, minimum: int = 0, hint: str | None = None) -> int:
+def whole(value: Any, what: str, minimum: int = 0, hint: str | None = None) -> int:
     if isinstance(value, bool) or not str(value).strip().isdigit() or int(value) < minimum:
         raise ToolkitError(f"{what} must be a whole number of at least {minimum}, got {value!r}", hint)
     return int(value)
 
 
-def _choice(value: Any, what: str, choices: tuple[str, ...], default: str) -> str:
+def choice(value: Any, what: str, choices: tuple[str, ...], default: str) -> str:
     value = str(value or default).strip().lower()
     if value not in choices:
         raise ToolkitError(f"{what} {value!r} is not one of: {', '.join(choices)}", f"set {what} in invoke.yaml")
     return value
 
 
-def _flag(value: Any) -> bool:
+def flag(value: Any) -> bool:
     return value not in (None, "", "0", 0, False, "false", "False", "no")
-
-
-def azure_settings(cfg: Mapping[str, Any]):
-    """``azure:`` as validated settings. Reads no file and contacts nothing (the workspace config.json is
-    searched later, by ``amltrain.azure.workspace``, only by the tasks that need a workspace)."""
-    from .azure.spec import AUTH_MODES, REGISTRY_AUTH_MODES, AzureSettings, RegistrySettings
-
-    azure = section(cfg, "azure")
-    registry = section(azure, "registry")
-    push = section(azure, "push")
-    submit = section(azure, "submit")
-    shm_size = str(submit.get("shm_size") or "2g")
-    if not SIZE.fullmatch(shm_size):
-        raise ToolkitError(f"azure.submit.shm_size {shm_size!r} is not a size", "e.g. 2g, 16g")
-    try:
-        backoff = float(push.get("backoff_seconds", 2))
-    except (TypeError, ValueError):
-        backoff = -1.0
-    if backoff < 0:
-        raise ToolkitError(f"azure.push.backoff_seconds {push.get('backoff_seconds')!r} is not a number of "
-                           "seconds", "e.g. 2")
-    computes = {name: _declared_compute(name, body) for name, body in section(azure, "computes").items()}
-    return AzureSettings(
-        subscription_id=str(azure.get("subscription_id") or ""),
-        resource_group=str(azure.get("resource_group") or ""),
-        workspace_name=str(azure.get("workspace_name") or ""),
-        config_file=str(azure.get("config_file") or ""),
-        auth=_choice(azure.get("auth"), "azure.auth", AUTH_MODES, "auto"),
-        registry=RegistrySettings(
-            address=str(registry.get("address") or "").strip().rstrip("/"),
-            repository=str(registry.get("repository") or section(cfg, "images").get("repository") or "amltrain"),
-            auth=_choice(registry.get("auth"), "azure.registry.auth", REGISTRY_AUTH_MODES, "aad"),
-            username=str(registry.get("username") or ""),
-        ),
-        push_retries=_whole(push.get("retries", 3), "azure.push.retries"),
-        push_backoff_seconds=backoff,
-        environment_name=str(section(azure, "environment").get("name") or ""),
-        compute=str(azure.get("compute") or ""),
-        computes=frozen_map(computes),
-        shm_size=shm_size,
-        max_run_duration_seconds=_whole(submit.get("max_run_duration_seconds", 86400),
-                                        "azure.submit.max_run_duration_seconds", 1),
-        inputs=frozen_map(key_values((f"{k}={v}" for k, v in section(submit, "inputs").items()), "input")),
-    )
-
-
-def _declared_compute(name: str, body: Any):
-    if not isinstance(body, Mapping):
-        raise ToolkitError(f"azure.computes.{name} must be a mapping (vm_size, min_nodes, max_nodes, …), got "
-                           f"{body!r}", "fix invoke.yaml")
-    return compute_spec(name, body, declared=True)
-
-
-def compute_spec(name: str, configured: Mapping[str, Any] | None = None, *, vm_size: str | None = None,
-                 min_nodes: Any = None, max_nodes: Any = None, idle_seconds: Any = None,
-                 low_priority: bool | None = None, declared: bool = False):
-    """A cluster from its declaration (``azure.computes.NAME``) with task options winning."""
-    from .azure.spec import ComputeSpec
-
-    configured = configured or {}
-    if not COMPUTE_NAME.fullmatch(name or ""):
-        raise ToolkitError(f"compute name {name!r} is not 2-16 letters, digits or hyphens starting with a letter",
-                           "e.g. --name gpu-cluster")
-    spec = ComputeSpec(
-        name=name,
-        vm_size=str(vm_size or configured.get("vm_size") or ""),
-        min_nodes=_whole(min_nodes if min_nodes is not None else configured.get("min_nodes", 0), "min-nodes"),
-        max_nodes=_whole(max_nodes if max_nodes is not None else configured.get("max_nodes", 4), "max-nodes", 1),
-        idle_seconds=_whole(idle_seconds if idle_seconds is not None else configured.get("idle_seconds", 1800),
-                            "idle-seconds"),
-        low_priority=_flag(low_priority if low_priority is not None else configured.get("low_priority")),
-        declared=declared,
-    )
-    if spec.min_nodes > spec.max_nodes:
-        raise ToolkitError(f"compute {name}: min nodes {spec.min_nodes} > max nodes {spec.max_nodes}",
-                           "lower --min-nodes or raise --max-nodes")
-    return spec
-
-
-def compute_for(settings, name: str, *, priority: str | None = None, **options):
-    """The cluster ``invoke compute`` makes: its declaration (if any) with the task's options winning."""
-    import dataclasses
-
-    declared = settings.computes.get(name)
-    low = None
-    if priority is not None:
-        value = str(priority).strip().lower()
-        if value not in ("dedicated", "low", "lowpriority"):
-            raise ToolkitError(f"priority {priority!r} is not dedicated or low", "e.g. --priority low")
-        low = value != "dedicated"
-    return compute_spec(name, dataclasses.asdict(declared) if declared else {}, low_priority=low,
-                        declared=declared is not None, **options)

@@ -22,7 +22,8 @@ from pathlib import Path
 
 from . import engine, snapshot
 from .errors import ToolkitError
-from .spec import BuildSettings, ImageSpec, mask_url_credentials
+from .masking import mask_url_credentials
+from .spec import BuildSettings, ImageSpec
 
 STAGE = "deps"
 # Files the Dockerfiles bind-mount into the dependency step: they determine the image as much as the spec.

@@ -6,20 +6,10 @@ into requests (plain data, what ``--dry-run`` prints) and execute those. Nothing
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-
-# Azure storage (artifact, blob) URLs carry SAS tokens in their query string.
-_SAS_QUERY = re.compile(r"\?[^\s'\"()]*\bsig=[^\s'\"()]*")
-
-
-def mask_url_credentials(text: str) -> str:
-    """``https://user:pass@host`` -> ``https://****@host`` and a SAS query (``?…sig=…``) -> ``?****``: for
-    anything printed or recorded."""
-    return _SAS_QUERY.sub("?****", re.sub(r"(://)[^/@\s]+@", r"\1****@", text))
 
 
 def frozen_map(values: Mapping[str, str] | None = None) -> Mapping[str, str]:

@@ -5,6 +5,9 @@ part of MCR's ``/opt/miniconda`` base environment, so ``python -m pip install`` 
 OpenSSH, a compiler toolchain, and ``/bin/sh``. It is made with debootstrap and ``docker import`` (no
 registry involved) and selected only by configuration: ``images.<target>.base_image``. Never a
 silent fallback: a build on an unpullable base fails and says how to point at this one.
+
+With ``openmpi_off_path`` it has OpenMPI where the openmpi5.0 MCR bases keep it, in ``/usr/local/openmpi``
+and off ``PATH`` (Azure/AzureML-Containers#209), so the images' handling of such a base can be tested here.
 """
 
 from __future__ import annotations
@@ -31,6 +34,27 @@ IMAGE_CHANGES = (
     "ENV LC_ALL=C.UTF-8",
     'CMD ["/bin/bash"]',
 )
+OPENMPI_PREFIX = "/usr/local/openmpi"
+OFF_PATH_SUFFIX = "-openmpi-off-path"
+# Debian's OpenMPI moved to OPENMPI_PREFIX as the openmpi5.0 bases have it: every program of its packages
+# diverted (dpkg-divert, so an upgrade follows them) into bin/, the alternatives' mpirun/mpicc links removed,
+# bin/mpirun, bin/mpicc, ... named without Debian's .openmpi suffix, lib/ and include/ linked to Debian's.
+# The wrappers read their flags from /usr/share/openmpi whatever their path. Fails unless it took.
+OPENMPI_OFF_PATH_SCRIPT = "; ".join((
+    "set -e",
+    f"d={OPENMPI_PREFIX}",
+    'mkdir -p "$d/bin"',
+    "for f in $(dpkg -L openmpi-bin libopenmpi-dev | grep '^/usr/bin/'); do "
+    'dpkg-divert --quiet --rename --divert "$d/bin/${f##*/}" --add "$f"; done',
+    "update-alternatives --quiet --remove-all mpirun",
+    "update-alternatives --quiet --remove-all mpi",
+    'for f in "$d"/bin/*.openmpi; do ln -s "${f##*/}" "${f%.openmpi}"; done',
+    'ln -s "/usr/lib/$(gcc -print-multiarch)/openmpi/lib" "$d/lib"',
+    'ln -s "/usr/lib/$(gcc -print-multiarch)/openmpi/include" "$d/include"',
+    "for t in mpirun mpicc orted; do if command -v $t; then echo \"$t is still on PATH\" >&2; exit 1; fi; done",
+    '"$d/bin/mpirun" --version >/dev/null',
+    '"$d/bin/mpicc" --showme:version >/dev/null',
+))
 
 
 @dataclass(frozen=True)
@@ -44,11 +68,23 @@ class StandinPlan:
         return "\n".join(shlex.join(c) for c in self.commands)
 
 
-def plan(image: str, suite: str, mirror: str, docker_cli: str) -> StandinPlan:
+def image_name(image: str, openmpi_off_path: bool) -> str:
+    """The off-PATH variant gets a tag of its own (``bookworm-openmpi-off-path``): it never replaces the normal one."""
+    if not openmpi_off_path:
+        return image
+    name, colon, tag = image.rpartition(":")
+    if not colon or "/" in tag:  # no tag (a colon before the last "/" is a registry's port)
+        name, tag = image, "latest"
+    return f"{name}:{tag}{OFF_PATH_SUFFIX}"
+
+
+def plan(image: str, suite: str, mirror: str, docker_cli: str, openmpi_off_path: bool = False) -> StandinPlan:
     debootstrap = ["debootstrap", "--variant=minbase", f"--include={','.join(BOOTSTRAP_PACKAGES)}", suite, "ROOTFS"]
     if mirror:
         debootstrap.append(mirror)
+    image = image_name(image, openmpi_off_path)
     changes = [arg for change in IMAGE_CHANGES for arg in ("--change", change)]
+    off_path = (("chroot", "ROOTFS", "sh", "-c", OPENMPI_OFF_PATH_SCRIPT),) if openmpi_off_path else ()
     return StandinPlan(
         image=image,
         commands=(
@@ -58,6 +94,7 @@ def plan(image: str, suite: str, mirror: str, docker_cli: str) -> StandinPlan:
              "&& chmod +x ROOTFS/usr/sbin/policy-rc.d"),
             ("chroot", "ROOTFS", "sh", "-c", "apt-get update -qq && DEBIAN_FRONTEND=noninteractive "
              f"apt-get install -y -qq --no-install-recommends {' '.join(APT_PACKAGES)}"),
+            *off_path,
             ("chroot", "ROOTFS", "python3", "-m", "venv", VENV),
             # Host keys are made per run by whoever starts sshd; none is shared through the image.
             ("sh", "-c", "rm -rf ROOTFS/usr/sbin/policy-rc.d ROOTFS/etc/ssh/ssh_host_* "

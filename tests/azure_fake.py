@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from amltrain.azure.backend import ComputeInfo, RunInfo
-from amltrain.azure.spec import WorkspaceRef
+from amltrain.azure.settings import WorkspaceRef
 from amltrain.errors import ToolkitError
 
 PORTAL = "https://ml.azure.com/runs/{run_id}?wsid=/subscriptions/sub/resourcegroups/rg/workspaces/ws"

@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from ..errors import ToolkitError
 from ..registry import Credentials, KnownImage, PushRequest, built_image, not_built, pushed_image
 from .backend import ACR_TOKEN_USER
-from .spec import REGISTRY_PASSWORD_ENV, AzureSettings
+from .settings import REGISTRY_PASSWORD_ENV, AzureSettings
 
 WORKSPACE_ACR = "<the workspace's ACR>"  # what a dry run shows where it would ask the workspace
 NO_ACR_HINT = ("Azure ML creates it on the first environment image build; or attach one: "

@@ -1,4 +1,5 @@
-"""Find-or-create an AmlCompute cluster (``AmlCompute.provisioning_configuration``) and wait for it.
+"""Find-or-create an AmlCompute cluster and wait for it, for either SDK (each builds its own definition:
+``v1.compute``, ``v2.build.compute``).
 
 An existing cluster is never changed behind your back: when its VM size or node limits differ from what was
 asked, that is reported and the cluster is used as it is (its VM size cannot change; delete and recreate it,
@@ -10,23 +11,8 @@ from __future__ import annotations
 import sys
 
 from ..errors import ToolkitError
-from .preflight import check_vm_size, gpus_per_node
-from .spec import ComputeSpec
-
-
-def provisioning_configuration(spec: ComputeSpec):
-    from azureml.core.compute import AmlCompute
-
-    return AmlCompute.provisioning_configuration(
-        vm_size=spec.vm_size, vm_priority="lowpriority" if spec.low_priority else "dedicated",
-        min_nodes=spec.min_nodes, max_nodes=spec.max_nodes, idle_seconds_before_scaledown=spec.idle_seconds)
-
-
-def creation_payload(spec: ComputeSpec, location: str, subscription_id: str) -> dict:
-    """The ARM body ``ComputeTarget.create`` sends, from the SDK's own builder (for the dry run)."""
-    from azureml.core.compute import AmlCompute
-
-    return AmlCompute._build_create_payload(provisioning_configuration(spec), location, subscription_id)
+from .preflight import check_name, check_vm_size, gpus_per_node
+from .settings import ComputeSpec
 
 
 def validate(spec: ComputeSpec) -> None:
@@ -34,16 +20,18 @@ def validate(spec: ComputeSpec) -> None:
         raise ToolkitError(f"compute {spec.name} has no VM size",
                            f"give --vm-size (e.g. Standard_NC24ads_A100_v4) or declare azure.computes.{spec.name}")
     check_vm_size(spec.vm_size)
+    check_name(spec.name, "compute", "--name or azure.compute")
 
 
 def describe(spec: ComputeSpec) -> str:
     gpus = gpus_per_node(spec.vm_size)
     kind = "CPU" if gpus == 0 else f"{gpus} GPU(s)/node" if gpus else "GPUs unknown"
     return (f"{spec.name}: {spec.vm_size} ({kind}), {spec.min_nodes}-{spec.max_nodes} nodes, "
-            f"{'low priority' if spec.low_priority else 'dedicated'}, scale down after {spec.idle_seconds} s idle")
+            f"{'low priority' if spec.low_priority else 'dedicated'}, scale down after {spec.idle_seconds} s idle"
+            + (f", identity {spec.identity}" if spec.identity else ""))
 
 
-def ensure(backend, spec: ComputeSpec, out=None):
+def ensure(backend, spec: ComputeSpec, definition, out=None):
     """The cluster, created (and waited for) when the workspace has none of that name."""
     out = out or sys.stdout
     validate(spec)
@@ -51,7 +39,7 @@ def ensure(backend, spec: ComputeSpec, out=None):
     if existing is not None:
         return _existing(backend, spec, existing, out)
     print(f"creating compute {describe(spec)}; waiting for it", file=out, flush=True)
-    created = backend.create_compute(spec.name, provisioning_configuration(spec))
+    created = backend.create_compute(spec.name, definition)
     print(f"compute {created.name} is {created.state or 'ready'}", file=out)
     return created
 

@@ -82,7 +82,7 @@ def communication_backend(vm_size: str) -> str:
 def check_shape(distribution: Distribution, compute: str, vm_size: str, max_nodes: int) -> list[str]:
     """Refuse a job the cluster cannot run; return warnings for what cannot be checked."""
     check_vm_size(vm_size)
-    if distribution.nodes > max_nodes:
+    if max_nodes and distribution.nodes > max_nodes:  # 0: serverless, no cluster limit to check
         raise ToolkitError(f"{distribution.nodes} nodes asked, but compute {compute} scales to at most {max_nodes}",
                            f"lower --nodes, or raise the cluster's maximum: invoke compute --name {compute} "
                            f"--max-nodes {distribution.nodes}")
@@ -105,3 +105,45 @@ def check_base_image(base_image: str, gpu: bool) -> list[str]:
     if DEPRECATED_IMAGES.search(base_image):
         return [f"base image {base_image} is deprecated (no more patches); move to {replacement}:<dated tag>"]
     return []
+
+
+# What the service accepts, so a bad name is refused before anything is uploaded (Azure ML's REST validation).
+NAME_RULES = {
+    "experiment": (re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,254}"),
+                   "1-255 letters, digits, _ or -, starting with a letter or digit"),
+    "environment": (re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,254}"),
+                    "1-255 letters, digits, _, . or -, starting with a letter or digit"),
+    "compute": (re.compile(r"[A-Za-z][A-Za-z0-9-]{2,23}"), "3-24 letters, digits or -, starting with a letter"),
+    "job": (re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,254}"),
+            "1-255 letters, digits, _ or -, starting with a letter or digit"),
+    "model": (re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,254}"),
+              "1-255 letters, digits, _, . or -, starting with a letter or digit"),
+}
+
+
+def check_name(name: str, kind: str, where: str) -> str:
+    """Refuse a name Azure ML would reject (``where``: the setting or option it came from)."""
+    pattern, rule = NAME_RULES[kind]
+    if not pattern.fullmatch(name or ""):
+        raise ToolkitError(f"{kind} name {name!r} is not valid for Azure ML ({rule})", f"change {where}")
+    return name
+
+
+def pull_warnings(settings, cluster=None, serverless: bool = False) -> list[str]:
+    """When the compute may not be able to pull the image (a job then waits, then fails on the image pull):
+    a registry other than the workspace's that Azure ML gets no credentials for, or serverless compute, which
+    pulls the workspace's ACR with its admin user or the workspace's user-assigned identity."""
+    registry = settings.registry
+    identity = getattr(cluster, "identity", "") if cluster is not None else ""
+    foreign = bool(registry.address)
+    credentials = settings.sdk == "v1" and bool(registry.username)  # v2 Environments carry no credentials
+    warnings = []
+    if foreign and not credentials and not identity:
+        warnings.append(f"Azure ML gets no credentials for {registry.address}: the compute can pull from it only if "
+                        "it is public or the compute's identity has AcrPull on it (azure.computes.NAME.identity)"
+                        + (", or with azure.registry.username (SDK v1)" if settings.sdk == "v1" else ""))
+    if serverless and not foreign and registry.auth != "admin":
+        warnings.append("serverless compute pulls the workspace's ACR with its admin user or the workspace's "
+                        "user-assigned identity: if the admin user is disabled, give the workspace an identity "
+                        "with AcrPull")
+    return warnings

@@ -31,7 +31,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from ..errors import ToolkitError
-from .spec import AzureSettings, WorkspaceRef
+from .settings import AzureSettings, WorkspaceRef
 
 # Workspace.from_config's order: each of these, in the start folder and then every folder above, before the next.
 SEARCHED = (".azureml/config.json", ".azureml/project.json", "aml_config/config.json", "aml_config/project.json",

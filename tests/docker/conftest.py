@@ -42,8 +42,8 @@ def invoke(*args: str, env: dict | None = None, timeout: float = 1800) -> subpro
                           env={**os.environ, **(env or {})}, timeout=timeout)
 
 
-def built(target: str) -> str:
-    result = invoke("build", "--target", target)
+def built(target: str, env: dict | None = None) -> str:
+    result = invoke("build", "--target", target, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr
     match = re.search(r"(amltrain/\S+:" + target + r"-[0-9a-f]{12})", result.stdout)
     assert match, result.stdout[-2000:]

@@ -131,8 +131,10 @@ def test_an_image_that_was_not_built_is_named(probe_env, docker_client):
 
 
 def test_a_container_docker_refuses_leaves_no_run_folder_and_no_container(cpu_image, docker_client, tmp_path):
-    from amltrain import config, localexec, localrun
+    from amltrain import config
     from amltrain.errors import ToolkitError
+    from amltrain.local import executor as localexec
+    from amltrain.local import request as localrun
     from tests.conftest import load_config
 
     cfg = load_config({"job": {"source_dir": "tests/docker/probe", "script": "probe.py", "experiment": "probe",

@@ -16,7 +16,7 @@ import os
 
 import pytest
 
-from amltrain import config
+from amltrain.azure import settings as azure_settings
 from amltrain.errors import ToolkitError
 from tests.conftest import ROOT, load_config
 from tests.docker.conftest import invoke
@@ -31,7 +31,7 @@ def _workspace_or_skip():
 
     if not LIVE:
         pytest.skip("live Azure test NOT RUN: set AZUREML_LIVE=1 (and configure a workspace) to run it")
-    settings = config.azure_settings(load_config())
+    settings = azure_settings.from_config(load_config())
     try:
         ref = workspace.workspace_ref(settings, ROOT)
     except ToolkitError as exc:
@@ -48,7 +48,7 @@ def test_sign_in_and_read_the_workspace_registry():
     ref = _workspace_or_skip()
     from amltrain.azure import backend
 
-    azure = backend.connect(config.azure_settings(load_config()), ROOT)
+    azure = backend.connect(azure_settings.from_config(load_config()), ROOT)
     server = azure.registry_login_server()
     assert azure.workspace.workspace_name == ref.workspace_name
     assert server is None or server.endswith(".azurecr.io")

@@ -17,7 +17,7 @@ import pytest
 from amltrain.azure import acr, backend, environment, submit
 from amltrain.azure import compute as azure_compute
 from amltrain.azure import model as azure_model
-from amltrain.azure.spec import AzureSettings, ComputeSpec, RegistrySettings
+from amltrain.azure.settings import AzureSettings, ComputeSpec, RegistrySettings
 from amltrain.errors import ToolkitError
 from amltrain.registry import KnownImage
 from amltrain.spec import Distribution, JobSpec, frozen_map

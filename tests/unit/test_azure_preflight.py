@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from amltrain import config
 from amltrain.azure import compute, preflight, workspace
-from amltrain.azure.spec import AzureSettings, ComputeSpec
+from amltrain.azure import settings as azure_settings
+from amltrain.azure.settings import AzureSettings, ComputeSpec
 from amltrain.errors import ToolkitError
 from amltrain.spec import Distribution
 from tests.conftest import load_config
@@ -79,24 +79,24 @@ def test_the_creation_request_is_the_sdks_own_payload():
 
 
 def test_compute_options_win_over_the_declaration_and_are_validated():
-    settings = config.azure_settings(load_config())
-    spec = config.compute_for(settings, "gpu-cluster", max_nodes="8", priority="low")
+    settings = azure_settings.from_config(load_config())
+    spec = azure_settings.compute_for(settings, "gpu-cluster", max_nodes="8", priority="low")
     assert (spec.vm_size, spec.max_nodes, spec.low_priority, spec.declared) == ("Standard_NC48ads_A100_v4", 8,
                                                                                  True, True)
-    assert not config.compute_for(settings, "adhoc", vm_size="Standard_D2s_v5").declared
+    assert not azure_settings.compute_for(settings, "adhoc", vm_size="Standard_D2s_v5").declared
     for bad, match in [({"min_nodes": "5", "max_nodes": "2"}, "min nodes 5 > max nodes 2"),
                        ({"max_nodes": "0"}, "max-nodes must be a whole number of at least 1"),
                        ({"priority": "spot"}, "not dedicated or low")]:
         with pytest.raises(ToolkitError, match=match):
-            config.compute_for(settings, "gpu-cluster", **bad)
+            azure_settings.compute_for(settings, "gpu-cluster", **bad)
     with pytest.raises(ToolkitError, match="not 2-16 letters"):
-        config.compute_for(settings, "gpu_cluster!")
+        azure_settings.compute_for(settings, "gpu_cluster!")
     with pytest.raises(ToolkitError, match="has no VM size"):
-        compute.validate(config.compute_for(settings, "adhoc"))
+        compute.validate(azure_settings.compute_for(settings, "adhoc"))
 
 
 def test_azure_settings_from_invoke_yaml_and_overrides():
-    settings = config.azure_settings(load_config({"azure": {"registry": {"address": "localhost:5000/"},
+    settings = azure_settings.from_config(load_config({"azure": {"registry": {"address": "localhost:5000/"},
                                                             "push": {"retries": 1}}}))
     assert (settings.auth, settings.registry.auth, settings.registry.address) == ("auto", "aad", "localhost:5000")
     assert settings.registry.repository == "amltrain/train" and settings.push_retries == 1
@@ -106,7 +106,7 @@ def test_azure_settings_from_invoke_yaml_and_overrides():
                        ({"push": {"backoff_seconds": "soon"}}, "backoff_seconds"),
                        ({"computes": {"x": "Standard_D2s_v5"}}, "must be a mapping")]:
         with pytest.raises(ToolkitError, match=match):
-            config.azure_settings(load_config({"azure": bad}))
+            azure_settings.from_config(load_config({"azure": bad}))
 
 
 def write(path, data):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from amltrain.azure import environment, submit
-from amltrain.azure.spec import AzureSettings, ComputeSpec, RegistrySettings
+from amltrain.azure.settings import AzureSettings, ComputeSpec, RegistrySettings
 from amltrain.errors import ToolkitError
 from amltrain.spec import Distribution, JobSpec, frozen_map
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from amltrain import launcher
+from amltrain.local import launcher
 
 LAUNCHER = Path(launcher.__file__)
 

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from amltrain import localcontrol
 from amltrain.errors import ToolkitError
+from amltrain.local import control as localcontrol
 
 
 def finished_run(runs: Path, run_id: str, launch: str, logs: dict[str, str], result: dict) -> Path:

@@ -4,8 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from amltrain import localrun
+from amltrain import masking
 from amltrain.errors import ToolkitError
+from amltrain.local import request as localrun
 from amltrain.spec import ContainerRequest, Distribution, JobSpec, LocalSettings, Mount, frozen_map
 
 
@@ -163,7 +164,7 @@ def test_script_excluded_by_amlignore_is_refused(job, settings, source):
 def test_describe_masks_secrets(job, settings):
     env = localrun.describe(localrun.local_request(job, "img", settings))["containers"][0]["environment"]
     assert env["MY_API_KEY"] == "****" and env["FOO"] == "bar"
-    assert localrun.mask("DB_URL", "https://u:p@host/x") == "https://****@host/x"
+    assert masking.mask("DB_URL", "https://u:p@host/x") == "https://****@host/x"
 
 
 def test_run_ids_look_like_azure_mls_and_are_unique():
@@ -191,10 +192,10 @@ def test_gpus_and_the_run_cache_reach_the_request(job, settings, tmp_path):
     ("HF_AUTH", "x"),
 ])
 def test_secret_looking_values_are_masked(name, value):
-    assert localrun.mask(name, value) == "****"
+    assert masking.mask(name, value) == "****"
 
 
 def test_secret_looking_options_in_a_command_are_masked_when_printed():
-    assert localrun.mask_words(["python", "x.py", "--hf-token", "abc", "--api-key=def", "--lr", "0.1",
+    assert masking.mask_words(["python", "x.py", "--hf-token", "abc", "--api-key=def", "--lr", "0.1",
                                 "https://u:p@host/x"]) == \
         ["python", "x.py", "--hf-token", "****", "--api-key=****", "--lr", "0.1", "https://****@host/x"]

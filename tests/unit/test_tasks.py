@@ -88,3 +88,17 @@ def test_standin_base_dry_run_prints_the_plan_and_makes_nothing():
     assert lines[0].startswith("debootstrap --variant=minbase --include=python3,python3-pip,python3-venv")
     assert "openmpi-bin" in result.stdout and "python3 -m venv /opt/venv" in result.stdout
     assert "docker import" in lines[-1] and lines[-1].endswith("amltrain/standin-base:bookworm'")
+    assert "/usr/local/openmpi" not in result.stdout
+
+
+@pytest.mark.parametrize("how", [["--openmpi-off-path"], ["-o"], "INVOKE_STANDIN_OPENMPI_OFF_PATH"])
+def test_standin_base_openmpi_off_path_adds_the_move_and_its_own_tag(how):
+    """Like some openmpi5.0 bases: OpenMPI in /usr/local/openmpi, off PATH; never under the normal stand-in's name."""
+    env = {**ENGINE_DOWN, **({how: "1"} if isinstance(how, str) else {})}
+    result = invoke("standin-base", "--dry-run", *(how if isinstance(how, list) else []), env=env)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    (move,) = [line for line in lines if "/usr/local/openmpi" in line]
+    assert lines.index(move) == 3  # after apt has installed OpenMPI
+    assert "dpkg-divert" in move and "update-alternatives" in move and "is still on PATH" in move
+    assert lines[-1].endswith("amltrain/standin-base:bookworm-openmpi-off-path'")

@@ -20,9 +20,11 @@ import re
 import secrets
 import time
 
-from . import launcher, snapshot
-from .errors import ToolkitError
-from .spec import (
+from .. import inputs as input_syntax
+from .. import snapshot
+from ..errors import ToolkitError
+from ..masking import mask, mask_words
+from ..spec import (
     ContainerRequest,
     Distribution,
     JobSpec,
@@ -30,8 +32,8 @@ from .spec import (
     LocalSettings,
     Mount,
     frozen_map,
-    mask_url_credentials,
 )
+from . import launcher
 
 WORKDIR = "/mnt/azureml/wd"
 INPUTS_ROOT = "/mnt/azureml/inputs"
@@ -44,10 +46,6 @@ LABEL_RUN_DIR = "amltrain.run-dir"
 STATUS_DIR = f"{WORKDIR}/logs/system_logs/launcher"  # failure records of the launcher: which rank failed
 CANCEL_MARK = "cancelled.json"  # written by local-cancel into the run folder, so the run says who stopped it
 EXEC_PORT = 6107  # MPI runs: where the other nodes take mpirun's daemon launches (launcher.py serve)
-INPUT_REF = re.compile(r"\$\{\{\s*inputs\.([A-Za-z0-9_]+)\s*\}\}")
-SECRET_NAME = re.compile(r"(?i)(secret|token|password|passwd|credential|api_?key|access_?key|account_?key|sas"
-                         r"|auth|connection_?string|private)")
-SECRET_VALUE = re.compile(r"(?i)(accountkey|sharedaccesskey|sharedaccesssignature|sig)=")
 
 
 def new_run_id(experiment: str) -> str:
@@ -61,14 +59,13 @@ def input_path(name: str) -> str:
 
 
 def substitute_inputs(arguments: tuple[str, ...], inputs) -> tuple[str, ...]:
-    def replace(match: re.Match) -> str:
-        name = match.group(1)
+    def replace(name: str) -> str:
         if name not in inputs:
             raise ToolkitError(f"argument refers to input {name!r}, which is not defined",
                                f"defined inputs: {', '.join(inputs) or 'none'}; add --input {name}=DIR")
         return input_path(name)
 
-    return tuple(INPUT_REF.sub(replace, a) for a in arguments)
+    return tuple(input_syntax.substitute(a, replace) for a in arguments)
 
 
 def node_hostnames(nodes: int) -> list[str]:
@@ -209,31 +206,6 @@ def local_request(job: JobSpec, image: str, settings: LocalSettings, run_id: str
     return LocalRequest(run_id=run_id, run_dir=run_dir, snapshot_dir=job.source_dir, snapshot_files=names,
                         containers=containers, cache_dir=settings.cache_dir, code_in_image=code_in_image,
                         network=network, distribution=job.distribution)
-
-
-def mask(name: str, value: str) -> str:
-    if SECRET_NAME.search(name) or SECRET_VALUE.search(value):
-        return "****"
-    return mask_url_credentials(value)
-
-
-def mask_words(words: list[str]) -> list[str]:
-    """A command line as printed: the value of an option named like a secret (``--hf-token X``,
-    ``--api-key=X``) and credentials in URLs are masked."""
-    def secret_option(name: str) -> bool:
-        return name.startswith("-") and bool(SECRET_NAME.search(name.replace("-", "_")))
-
-    masked, hide_next = [], False
-    for word in words:
-        name, sep, _ = word.partition("=")
-        if hide_next:
-            masked.append("****")
-        elif sep and secret_option(name):
-            masked.append(f"{name}=****")
-        else:
-            masked.append(mask("", word))
-        hide_next = not sep and secret_option(word)
-    return masked
 
 
 def describe(request: LocalRequest) -> dict:

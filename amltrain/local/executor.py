@@ -22,11 +22,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import engine, launcher, snapshot
-from .errors import ToolkitError, first_line
-from .localrun import CANCEL_MARK, LABEL_RUN_ID, WORKDIR, describe
-from .signals import signals_as_interrupts, signals_ignored
-from .spec import ContainerRequest, LocalRequest
+from .. import engine, snapshot
+from ..errors import ToolkitError, first_line
+from ..signals import signals_as_interrupts, signals_ignored
+from ..spec import ContainerRequest, LocalRequest
+from . import launcher
+from .request import CANCEL_MARK, LABEL_RUN_ID, WORKDIR, describe
 
 GRACE_S = 6.0  # SIGTERM to SIGKILL; the launcher itself gives its processes 5 s
 

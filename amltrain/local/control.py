@@ -13,9 +13,9 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from .errors import ToolkitError
-from .localexec import remove_container, remove_network
-from .localrun import CANCEL_MARK, LABEL_NODE_RANK, LABEL_RUN_DIR, LABEL_RUN_ID
+from ..errors import ToolkitError
+from .executor import remove_container, remove_network
+from .request import CANCEL_MARK, LABEL_NODE_RANK, LABEL_RUN_DIR, LABEL_RUN_ID
 
 RANK_LOG = re.compile(r"std_log(?:_process_(\d+))?\.txt$")
 

@@ -1,0 +1,324 @@
+"""The Azure flows, for either SDK: one session signs in once; ``prepare_push/register/compute/submit/model`` build
+a request once, which is then either described (``--dry-run``: plain data, nothing contacted) or executed.
+
+A dry run is prepared offline: the registry's address and the image's digest are what this machine knows
+(``<the workspace's ACR>`` otherwise). A real run is prepared after asking the workspace for them, so what it
+executes is exactly what it built. ``tasks.py`` only parses options, calls these and prints.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import config, engine, images
+from ..errors import ToolkitError
+from ..masking import masked
+from ..registry import KnownImage, local_image, push, pushed_image
+from ..spec import JobSpec
+from . import acr, compute, environment, model, preflight, submit, workspace
+from .plan import git_commit, plan, tags
+from .settings import AzureSettings, ComputeSpec
+
+SDK_PACKAGES = {"v1": ("azureml.core", "azureml-core"), "v2": ("azure.ai.ml", "azure-ai-ml")}
+INSTALL_HINT = "install the azure extra: pip install -e '.[azure]' (./dev installs it)"
+
+
+def load_sdk(name: str):
+    """The adapter of SDK ``name`` (``amltrain.azure.v1`` or ``.v2``); one line when its package is missing."""
+    module, package = SDK_PACKAGES[name]
+    if importlib.util.find_spec(module.split(".")[0]) is None or importlib.util.find_spec(module) is None:
+        raise ToolkitError(f"Azure ML SDK {name} ({package}) is not installed", INSTALL_HINT)
+    return importlib.import_module(f"amltrain.azure.{name}")
+
+
+class AzureSession:
+    """The settings, the chosen SDK and, once asked for, the workspace: signed in at most once per task."""
+
+    def __init__(self, settings: AzureSettings, root: Path, out=None):
+        self.settings = settings
+        self.root = root
+        self.sdk = load_sdk(settings.sdk)
+        self.out = out or sys.stdout
+        self._backend = None
+
+    def workspace(self):
+        """The workspace reference, from files and the environment only; one line when none is configured."""
+        return workspace.workspace_ref(self.settings, self.root)
+
+    def label(self) -> str:
+        """Which workspace and credential a real run would use (for dry runs)."""
+        try:
+            ref = self.workspace()
+        except ToolkitError as exc:
+            return f"not configured ({exc.message}); a real run stops here"
+        return (f"{ref.workspace_name} (resource group {ref.resource_group}, from {ref.source}; "
+                f"auth {workspace.auth_mode(self.settings.auth, os.environ)}; SDK {self.settings.sdk})")
+
+    def backend(self):
+        if self._backend is None:
+            self.workspace()
+            self._backend = self.sdk.connect(self.settings, self.root)
+        return self._backend
+
+    def warn(self, lines) -> None:
+        for line in lines:
+            print(f"warning: {line}", file=self.out, flush=True)
+
+
+@dataclass(frozen=True)
+class ImageChoice:
+    """A target's content-addressed image, with its base image checked."""
+
+    target: str
+    local_ref: str
+    gpu: bool
+    warnings: tuple[str, ...] = ()
+
+
+def image_choice(cfg, target: str | None, root: Path) -> ImageChoice:
+    target = target or str(config.section(cfg, "job").get("target") or "cpu")
+    spec = config.image_spec(cfg, target, root)
+    gpu = bool(config.section(config.section(cfg, "images"), target).get("gpu"))
+    return ImageChoice(target, images.image_ref(spec), gpu, tuple(preflight.check_base_image(spec.base_image, gpu)))
+
+
+def _known_locally(image: ImageChoice) -> KnownImage | None:
+    """What a dry run may know of the image: built (and maybe pushed) by this engine; None without an engine."""
+    try:
+        return local_image(engine.connect(), image.local_ref, image.target)
+    except ToolkitError:
+        return None
+
+
+def _resolved(session: AzureSession, image: ImageChoice) -> KnownImage:
+    """The image this engine built, or the registry's under the same tag (a real run)."""
+    return acr.built_or_pushed(engine.connect(), session.settings, image.local_ref, image.target, session.backend)
+
+
+def _environment_ref(session: AzureSession, image: ImageChoice, known: KnownImage | None, offline: bool):
+    registry = acr.registry_address(session.settings, None if offline else session.backend())
+    ref = environment.environment_ref(session.settings, image.target, image.local_ref, registry)
+    digest = known.digest_in(ref.repository) if known else ""
+    return environment.environment_ref(session.settings, image.target, image.local_ref, registry, digest)
+
+
+# --- push ------------------------------------------------------------------------------------------------------
+@dataclass
+class PushFlow:
+    session: AzureSession
+    image: ImageChoice
+
+    def describe(self) -> dict:
+        described = acr.push_request(self.session.settings, self.image.local_ref).describe()
+        if acr.needs_workspace(self.session.settings):
+            described["workspace"] = self.session.label()
+        return described
+
+    def execute(self) -> None:
+        s, out = self.session, self.session.out
+        if acr.needs_workspace(s.settings):
+            s.workspace()  # no workspace configured: one line before anything else
+        client = engine.connect()
+        known = acr.built_or_pushed(client, s.settings, self.image.local_ref, self.image.target, s.backend)
+        if not known.image_id:  # built and pushed by another machine: the same content-addressed tag
+            print("nothing pushed: pushed from another machine under the same content-addressed tag", file=out)
+            return
+        request = acr.push_request(s.settings, self.image.local_ref, connect=s.backend)
+        print(f"pushing {self.image.local_ref} -> {request.remote}", file=out, flush=True)
+        result = push(client, request, known)
+        if result.pushed:
+            print(f"pushed {result.remote}@{result.digest} in {result.seconds:.1f} s", file=out)
+        else:
+            print(f"{result.remote} is already in the registry ({result.digest}): nothing pushed "
+                  f"({result.seconds:.2f} s)", file=out)
+
+
+def prepare_push(session: AzureSession, image: ImageChoice) -> PushFlow:
+    return PushFlow(session, image)
+
+
+def pushed_elsewhere(session: AzureSession, local_ref: str) -> str:
+    """``remote@digest`` when the push destination holds the content-addressed tag, else "" (build
+    --unless-pushed)."""
+    if acr.needs_workspace(session.settings):
+        session.workspace()  # not configured: one line before contacting anything
+    request = acr.push_request(session.settings, local_ref, connect=session.backend)
+    pushed = pushed_image(engine.connect(), request)
+    return pushed.pushed_as if pushed else ""
+
+
+# --- register --------------------------------------------------------------------------------------------------
+@dataclass
+class RegisterFlow:
+    session: AzureSession
+    image: ImageChoice
+    ref: environment.EnvironmentRef
+    definition: object  # the SDK's Environment
+    warnings: tuple[str, ...] = ()
+
+    def describe(self) -> dict:
+        return {"workspace": self.session.label(), "sdk": self.session.settings.sdk,
+                "environment": f"{self.ref.name}:{self.ref.version}",
+                "image": self.ref.image if self.ref.digest else f"{self.ref.image} (pinned to its digest once pushed)",
+                "registered_when_missing": masked(self.session.sdk.environment_body(self.definition))}
+
+    def execute(self) -> None:
+        if not self.ref.digest:
+            raise ToolkitError(f"{self.ref.tag_ref} is not in the registry: an Environment must name the pushed "
+                               "digest", f"invoke push --target {self.image.target}")
+        _, new = environment.ensure_registered(self.session.backend(), self.ref, self.definition,
+                                               out=self.session.out)
+        if not new:
+            print(f"environment {self.ref.name}:{self.ref.version} is registered already ({self.ref.image}): "
+                  "nothing registered", file=self.session.out)
+
+
+def prepare_register(session: AzureSession, image: ImageChoice, offline: bool) -> RegisterFlow:
+    if not offline:
+        session.workspace()
+    known = _known_locally(image) if offline else _resolved(session, image)
+    ref = _environment_ref(session, image, known, offline)
+    warnings = preflight.pull_warnings(session.settings, session.settings.computes.get(session.settings.compute))
+    return RegisterFlow(session, image, ref, session.sdk.environment(ref, session.settings), tuple(warnings))
+
+
+# --- compute ---------------------------------------------------------------------------------------------------
+@dataclass
+class ComputeFlow:
+    session: AzureSession
+    spec: ComputeSpec
+    definition: object  # the SDK's cluster definition
+
+    def describe(self) -> dict:
+        return {"workspace": self.session.label(), "sdk": self.session.settings.sdk,
+                "compute": compute.describe(self.spec),
+                "created_when_missing": self.session.sdk.compute_body(self.definition)}
+
+    def execute(self) -> None:
+        compute.ensure(self.session.backend(), self.spec, self.definition, out=self.session.out)
+
+
+def prepare_compute(session: AzureSession, spec: ComputeSpec) -> ComputeFlow:
+    compute.validate(spec)
+    return ComputeFlow(session, spec, session.sdk.compute(spec))
+
+
+# --- submit ----------------------------------------------------------------------------------------------------
+@dataclass
+class SubmitFlow:
+    session: AzureSession
+    request: submit.SubmitRequest
+    warnings: tuple[str, ...]
+    wait: bool = False
+    cancel_on_interrupt: bool = False
+    summary: Path | None = None
+    notes: dict = field(default_factory=dict)
+
+    def document(self) -> dict:
+        """What the SDK is handed, as it reads it back (v2: the job YAML ``az ml job create -f`` takes), masked."""
+        return masked(self.session.sdk.job_document(self.request.job))
+
+    def describe(self) -> dict:
+        p, r = self.request.plan, self.request
+        c, d = p.compute, p.job.distribution
+        where = (f"serverless: {p.instance_type} x {d.nodes}" if p.serverless else
+                 f"{c.name}: {c.vm_size}, up to {c.max_nodes} nodes (declared)" if c.declared else
+                 f"{c.name} (not declared: checked against the workspace when submitting)")
+        return {"workspace": self.session.label(), "sdk": self.session.settings.sdk,
+                "experiment": r.experiment, "compute": where,
+                "launch": f"{d.launch}, {d.nodes} node(s) x {d.procs_per_node} process(es)",
+                "environment": f"{r.environment.name}:{r.environment.version} ({r.environment.image}; must be "
+                               "registered: invoke register)",
+                "snapshot": f"{p.job.source_dir}: {p.snapshot_files} files, {p.snapshot_bytes / 2**20:.1f} MB "
+                            "(.amlignore honoured; limits 2000 files, 300 MB)",
+                "tags": dict(r.tags), **self.notes}
+
+    def execute(self):
+        s = self.session
+        return submit.execute(s.backend(), self.request, self.wait, out=s.out, summary=self.summary,
+                              cancel_on_interrupt=self.cancel_on_interrupt)
+
+
+def prepare_submit(session: AzureSession, job: JobSpec, image: ImageChoice, *, offline: bool,
+                   compute_name: str | None = None, instance_type: str | None = None, inputs=(),
+                   wait: bool = False, cancel_on_interrupt: bool = False, summary: str | None = None) -> SubmitFlow:
+    if cancel_on_interrupt and not wait:
+        raise ToolkitError("--cancel-on-interrupt needs --wait: without it the task ends once the run is submitted",
+                           "add --wait")
+    s = session
+    p = plan(job, s.settings, compute_name, inputs, image.gpu, instance_type)
+    s.sdk.check(p, s.settings)
+    warnings = (*p.warnings, *preflight.pull_warnings(s.settings, p.compute if p.compute.declared else None,
+                                                      p.serverless))
+    if not offline:
+        s.workspace()
+        if summary:
+            check_writable(Path(summary), "summary file")
+    known = _known_locally(image) if offline else _resolved(s, image)
+    ref = _environment_ref(s, image, known, offline)
+    run_tags = tags(p, ref, known, git_commit(job.source_dir))
+    request = submit.SubmitRequest(p, job.experiment, ref, s.sdk.job(p, ref, s.settings, run_tags), run_tags)
+    notes = {}
+    if summary:
+        notes["summary"] = f"the run's table appended to {summary} once submitted (nothing written now)"
+    if wait:
+        notes["wait"] = "stream the logs, exit with the run's status" + (
+            "; cancel the run if interrupted" if cancel_on_interrupt else "")
+    return SubmitFlow(s, request, tuple(warnings), wait, cancel_on_interrupt, Path(summary) if summary else None,
+                      notes)
+
+
+def check_writable(path: Path, what: str) -> None:
+    """Before anything is started: a file to append to later must be writable (else one line now)."""
+    folder = path.parent if str(path.parent) else Path(".")
+    writable = os.access(path, os.W_OK) if path.exists() else folder.is_dir() and os.access(folder, os.W_OK)
+    if path.is_dir() or not writable:
+        raise ToolkitError(f"cannot write the {what} {path}", "give a writable file path")
+
+
+# --- model -----------------------------------------------------------------------------------------------------
+@dataclass
+class ModelFlow:
+    session: AzureSession
+    request: model.ModelRequest
+
+    def describe(self) -> list[str]:
+        return [f"workspace: {self.session.label()}", *self.request.describe()]
+
+    def execute(self) -> None:
+        model.execute(self.session.backend(), self.request, out=self.session.out)
+
+
+def prepare_model(session: AzureSession, run_id: str, register: str | None, download: str | None,
+                  path: str | None) -> ModelFlow:
+    if register:
+        preflight.check_name(register, "model", "--register")
+    return ModelFlow(session, model.model_request(run_id, register, download, path, session.root))
+
+
+# --- emit-yaml -------------------------------------------------------------------------------------------------
+def check_emit_target(session: AzureSession, path: Path) -> None:
+    """Before anything is planned: only a v2 job has a YAML form, and the file must be writable."""
+    if session.settings.sdk != "v2":
+        raise ToolkitError("--emit-yaml writes an SDK v2 job (for az ml job create -f); this task uses SDK v1",
+                           "add --sdk v2")
+    check_writable(path, "job YAML file")
+
+
+def emit_yaml(flow: SubmitFlow, path: Path) -> None:
+    """The job YAML, secrets masked (a warning says which to fill in), written whole or not at all."""
+    sdk = flow.session.sdk
+    text = sdk.job_yaml(flow.request.job, path.resolve().parent)
+    shown = sdk.job_yaml(flow.request.job, path.resolve().parent, masked)
+    if shown != text:
+        flow.session.warn([f"secret-looking values are masked in {path}: fill them in (better: a key vault "
+                           "reference) before az ml job create -f"])
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(shown, encoding="utf-8")
+    partial.replace(path)
+    print(f"wrote {path}: az ml job create -f {path} submits it (nothing submitted)", file=flow.session.out)

@@ -1,0 +1,176 @@
+"""The ``azure:`` settings: frozen, I/O-free, validated here from invoke configuration and task options (the Azure
+side's part of ``amltrain.config``), so a bad value is one line before anything is contacted."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..config import SIZE, choice, flag, key_values, section, whole
+from ..errors import ToolkitError
+from ..spec import frozen_map
+from .preflight import check_name
+
+SDKS = ("v2", "v1")
+AUTH_MODES = ("auto", "cli", "service-principal", "managed-identity", "github-oidc")
+REGISTRY_SDKS = ("v2", "v1")
+REGISTRY_AUTH_MODES = ("aad", "admin", "basic", "docker")
+# The one place a registry password may come from (basic auth): never a file, never an option.
+REGISTRY_PASSWORD_ENV = "AMLTRAIN_REGISTRY_PASSWORD"
+
+
+@dataclass(frozen=True)
+class WorkspaceRef:
+    subscription_id: str
+    resource_group: str
+    workspace_name: str
+    source: str  # where it came from: a config.json path or "azure.* settings"
+
+
+@dataclass(frozen=True)
+class RegistrySettings:
+    """Where images go. ``address`` empty means the workspace's own ACR (found through the workspace)."""
+
+    address: str = ""
+    repository: str = "amltrain/train"
+    auth: str = "aad"  # aad (AAD token exchange) | admin (ACR admin user) | basic | docker (Docker's own store)
+    username: str = ""  # basic only; the password is REGISTRY_PASSWORD_ENV
+
+
+@dataclass(frozen=True)
+class ComputeSpec:
+    """An AmlCompute cluster. ``declared`` ones come from ``azure.computes``, so submit can check a job
+    against them before contacting anything."""
+
+    name: str
+    vm_size: str = ""
+    min_nodes: int = 0
+    max_nodes: int = 4
+    idle_seconds: int = 1800
+    low_priority: bool = False
+    declared: bool = True
+    # The cluster's managed identity: "" none, "system", or a user-assigned identity's resource id. With AcrPull
+    # on a registry it lets the nodes pull images where the ACR admin user is disabled.
+    identity: str = ""
+
+
+@dataclass(frozen=True)
+class AzureSettings:
+    sdk: str = "v2"  # v2 (azure-ai-ml) | v1 (azureml-core, support ended 2026-06-30)
+    subscription_id: str = ""
+    resource_group: str = ""
+    workspace_name: str = ""
+    config_file: str = ""  # a workspace config.json; empty: searched like Workspace.from_config
+    auth: str = "auto"
+    registry: RegistrySettings = field(default_factory=RegistrySettings)
+    push_retries: int = 3
+    push_backoff_seconds: float = 2.0
+    environment_name: str = ""  # empty: amltrain-<target>
+    compute: str = ""  # default --compute; "serverless" (v2) runs on instance_type without a cluster
+    instance_type: str = ""  # default --instance-type for serverless compute
+    computes: Mapping[str, ComputeSpec] = field(default_factory=frozen_map)
+    shm_size: str = "2g"
+    max_run_duration_seconds: int = 86400
+    inputs: Mapping[str, str] = field(default_factory=frozen_map)  # NAME -> azureml:DATASET[:VERSION] | datastore:…
+
+
+def from_config(cfg: Mapping[str, Any], sdk: str | None = None) -> AzureSettings:
+    """``azure:`` as validated settings. Reads no file and contacts nothing (the workspace config.json is
+    searched later, by ``amltrain.azure.workspace``, only by the tasks that need a workspace)."""
+    azure = section(cfg, "azure")
+    registry = section(azure, "registry")
+    push = section(azure, "push")
+    submit = section(azure, "submit")
+    shm_size = str(submit.get("shm_size") or "2g")
+    if not SIZE.fullmatch(shm_size):
+        raise ToolkitError(f"azure.submit.shm_size {shm_size!r} is not a size", "e.g. 2g, 16g")
+    try:
+        backoff = float(push.get("backoff_seconds", 2))
+    except (TypeError, ValueError):
+        backoff = -1.0
+    if backoff < 0:
+        raise ToolkitError(f"azure.push.backoff_seconds {push.get('backoff_seconds')!r} is not a number of "
+                           "seconds", "e.g. 2")
+    computes = {name: _declared_compute(name, body) for name, body in section(azure, "computes").items()}
+    return AzureSettings(
+        sdk=choice(sdk or azure.get("sdk"), "azure.sdk (or --sdk)", SDKS, "v2"),
+        subscription_id=str(azure.get("subscription_id") or ""),
+        resource_group=str(azure.get("resource_group") or ""),
+        workspace_name=str(azure.get("workspace_name") or ""),
+        config_file=str(azure.get("config_file") or ""),
+        auth=choice(azure.get("auth"), "azure.auth", AUTH_MODES, "auto"),
+        registry=RegistrySettings(
+            address=str(registry.get("address") or "").strip().rstrip("/"),
+            repository=str(registry.get("repository") or section(cfg, "images").get("repository") or "amltrain"),
+            auth=choice(registry.get("auth"), "azure.registry.auth", REGISTRY_AUTH_MODES, "aad"),
+            username=str(registry.get("username") or ""),
+        ),
+        push_retries=whole(push.get("retries", 3), "azure.push.retries"),
+        push_backoff_seconds=backoff,
+        environment_name=str(section(azure, "environment").get("name") or ""),
+        compute=str(azure.get("compute") or ""),
+        instance_type=str(azure.get("instance_type") or ""),
+        computes=frozen_map(computes),
+        shm_size=shm_size,
+        max_run_duration_seconds=whole(submit.get("max_run_duration_seconds", 86400),
+                                        "azure.submit.max_run_duration_seconds", 1),
+        inputs=frozen_map(key_values((f"{k}={v}" for k, v in section(submit, "inputs").items()), "input")),
+    )
+
+
+def _declared_compute(name: str, body: Any):
+    if not isinstance(body, Mapping):
+        raise ToolkitError(f"azure.computes.{name} must be a mapping (vm_size, min_nodes, max_nodes, …), got "
+                           f"{body!r}", "fix invoke.yaml")
+    return compute_spec(name, body, declared=True)
+
+
+def compute_spec(name: str, configured: Mapping[str, Any] | None = None, *, vm_size: str | None = None,
+                 min_nodes: Any = None, max_nodes: Any = None, idle_seconds: Any = None,
+                 low_priority: bool | None = None, identity: str | None = None, declared: bool = False):
+    """A cluster from its declaration (``azure.computes.NAME``) with task options winning."""
+    configured = configured or {}
+    check_name(name, "compute", "--name, azure.compute or azure.computes")
+    spec = ComputeSpec(
+        name=name,
+        vm_size=str(vm_size or configured.get("vm_size") or ""),
+        min_nodes=whole(min_nodes if min_nodes is not None else configured.get("min_nodes", 0), "min-nodes"),
+        max_nodes=whole(max_nodes if max_nodes is not None else configured.get("max_nodes", 4), "max-nodes", 1),
+        idle_seconds=whole(idle_seconds if idle_seconds is not None else configured.get("idle_seconds", 1800),
+                            "idle-seconds"),
+        low_priority=flag(low_priority if low_priority is not None else configured.get("low_priority")),
+        identity=_identity(identity if identity is not None else configured.get("identity"), name),
+        declared=declared,
+    )
+    if spec.min_nodes > spec.max_nodes:
+        raise ToolkitError(f"compute {name}: min nodes {spec.min_nodes} > max nodes {spec.max_nodes}",
+                           "lower --min-nodes or raise --max-nodes")
+    return spec
+
+
+def _identity(value: Any, name: str) -> str:
+    value = str(value or "").strip()
+    if value.lower() in ("", "none"):
+        return ""
+    if value.lower() in ("system", "systemassigned"):
+        return "system"
+    if not value.lower().startswith("/subscriptions/") or "/userassignedidentities/" not in value.lower():
+        raise ToolkitError(f"compute {name}: identity {value!r} is not none, system or a user-assigned identity's "
+                           "resource id", "e.g. /subscriptions/SUB/resourceGroups/RG/providers/"
+                           "Microsoft.ManagedIdentity/userAssignedIdentities/NAME")
+    return value
+
+
+def compute_for(settings, name: str, *, priority: str | None = None, **options):
+    """The cluster ``invoke compute`` makes: its declaration (if any) with the task's options winning."""
+    declared = settings.computes.get(name)
+    low = None
+    if priority is not None:
+        value = str(priority).strip().lower()
+        if value not in ("dedicated", "low", "lowpriority"):
+            raise ToolkitError(f"priority {priority!r} is not dedicated or low", "e.g. --priority low")
+        low = value != "dedicated"
+    return compute_spec(name, dataclasses.asdict(declared) if declared else {}, low_priority=low,
+                        declared=declared is not None, **options)
