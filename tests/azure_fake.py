@@ -1,7 +1,9 @@
-"""A recording stand-in for ``amltrain.azure.backend.WorkspaceBackend``: the one seam at the network boundary.
+"""A recording stand-in for either SDK's backend (``amltrain.azure.backend.AzureBackend``): the one seam at the
+network boundary.
 
 It keeps what a workspace would keep (environments, clusters, runs, artifacts) in memory and records every
-call, so a test can say what was asked of Azure and what was not. What it is handed are the real SDK objects.
+call, so a test can say what was asked of Azure and what was not. What it is handed are the real SDK objects,
+v1's or v2's.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from amltrain.azure.backend import ComputeInfo, RunInfo
+from amltrain.azure.backend import ComputeInfo, EnvironmentInfo, RunInfo
 from amltrain.azure.settings import WorkspaceRef
 from amltrain.errors import ToolkitError
 
@@ -24,14 +26,15 @@ class RecordingBackend:
     login_server: str | None = "wsacr.azurecr.io"
     admin: tuple[str, str] = ("wsacr", "admin-password-canary")
     refresh_token: str = "acr-refresh-token-canary"
-    environments: dict = field(default_factory=dict)  # (name, version) -> Environment
+    environments: dict = field(default_factory=dict)  # (name, version) -> EnvironmentInfo
+    registered: list = field(default_factory=list)  # the SDK's Environment objects handed over
     computes: dict = field(default_factory=dict)  # name -> ComputeInfo
     final_status: str = "Completed"  # "interrupted": following the run is stopped (Ctrl-C, a cancelled CI job)
     artifacts: dict = field(default_factory=lambda: {"outputs/model.pt2": b"model", "outputs/labels.json": b"[]",
                                                      "logs/user_logs/std_log.txt": b"log"})
     download_fails_after: int | None = None  # files written before a download breaks off, like a lost connection
     calls: list = field(default_factory=list)
-    submitted: list = field(default_factory=list)  # (experiment, ScriptRunConfig, tags)
+    submitted: list = field(default_factory=list)  # (experiment, the SDK's job object, tags)
 
     def _record(self, name, *args):
         self.calls.append((name, *args))
@@ -56,20 +59,26 @@ class RecordingBackend:
         return self.environments.get((name, version))
 
     def register_environment(self, environment):
-        self._record("register_environment", environment.name, environment.version)
-        stored = copy.deepcopy(environment)
-        self.environments[(environment.name, environment.version)] = stored
+        self._record("register_environment", environment.name, str(environment.version))
+        self.registered.append(copy.deepcopy(environment))
+        docker = getattr(environment, "docker", None)  # v1: docker.base_image; v2: image
+        image = docker.base_image if docker is not None else environment.image
+        stored = EnvironmentInfo(environment.name, str(environment.version), image)
+        self.environments[(stored.name, stored.version)] = stored
         return stored
 
     def get_compute(self, name):
         self._record("get_compute", name)
         return self.computes.get(name)
 
-    def create_compute(self, name, provisioning_configuration):
-        self._record("create_compute", name, provisioning_configuration)
-        c = provisioning_configuration
-        info = ComputeInfo(name, c.vm_size, c.scale_settings.minimum_node_count, c.scale_settings.maximum_node_count,
-                           "Succeeded")
+    def create_compute(self, name, definition):
+        self._record("create_compute", name, definition)
+        c = definition
+        if hasattr(c, "scale_settings"):  # v1's provisioning configuration
+            info = ComputeInfo(name, c.vm_size, c.scale_settings.minimum_node_count,
+                               c.scale_settings.maximum_node_count, "Succeeded")
+        else:  # v2's AmlCompute
+            info = ComputeInfo(name, c.size, c.min_instances, c.max_instances, "Succeeded")
         self.computes[name] = info
         return info
 
@@ -78,10 +87,10 @@ class RecordingBackend:
         self.computes[name] = dataclasses.replace(self.computes[name], state="Succeeded")
         return self.computes[name]
 
-    def submit(self, experiment, script_run_config, tags):
+    def submit(self, experiment, job, tags):
         run_id = f"{experiment}_1700000000_{len(self.submitted):08x}"
         self._record("submit", experiment, run_id)
-        self.submitted.append((experiment, script_run_config, dict(tags)))
+        self.submitted.append((experiment, job, dict(tags)))
         return RunInfo(run_id, PORTAL.format(run_id=run_id), "Queued")
 
     def wait(self, run_id, show_output=True):

@@ -1,7 +1,7 @@
 """``invoke submit`` for either SDK: the checks that need the workspace (the cluster, the registered
 environment), the submission, and following the run to its end (``--wait``), with a Markdown summary for CI.
 
-The job object itself is the SDK's (``v1.job``: a ScriptRunConfig; ``v2.build``: a command job), built offline
+The job object itself is the SDK's (``v1.run_config``: a ScriptRunConfig; ``v2.build``: a command job), built offline
 from the same ``Plan``; a dry run prints what that SDK would send.
 """
 

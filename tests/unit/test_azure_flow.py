@@ -14,10 +14,12 @@ import time
 
 import pytest
 
-from amltrain.azure import acr, backend, environment, submit
+from amltrain.azure import acr, backend, environment, submit, v1
 from amltrain.azure import compute as azure_compute
 from amltrain.azure import model as azure_model
+from amltrain.azure import plan as azure_plan
 from amltrain.azure.settings import AzureSettings, ComputeSpec, RegistrySettings
+from amltrain.azure.v1 import backend as v1_backend
 from amltrain.errors import ToolkitError
 from amltrain.registry import KnownImage
 from amltrain.spec import Distribution, JobSpec, frozen_map
@@ -32,30 +34,31 @@ IMAGE = KnownImage(LOCAL_REF, "sha256:" + "ab" * 32,  # pushed to two registries
 
 
 def registered_env(fake, settings=SETTINGS):
-    ref = environment.environment_ref(settings, "gpu", LOCAL_REF, acr.registry_address(settings, fake))
-    return ref, environment.definition(ref, settings, environ={})
+    ref = environment.environment_ref(settings, "gpu", LOCAL_REF, acr.registry_address(settings, fake),
+                                      IMAGE.digest_in(f"{acr.registry_address(settings, fake)}/amltrain/train"))
+    return ref, v1.environment(ref, settings, environ={})
 
 
 def test_register_is_idempotent_same_image_same_version():
     fake = RecordingBackend()
     ref, env = registered_env(fake)
-    first, new = environment.ensure_registered(fake, env, out=io.StringIO())
-    second, again = environment.ensure_registered(fake, environment.definition(ref, SETTINGS, environ={}),
+    first, new = environment.ensure_registered(fake, ref, env, out=io.StringIO())
+    second, again = environment.ensure_registered(fake, ref, v1.environment(ref, SETTINGS, environ={}),
                                                   out=io.StringIO())
     assert (new, again) == (True, False)
     assert fake.names().count("register_environment") == 1
     assert (second.name, second.version) == ("amltrain-gpu", "0123456789ab")
-    assert second.docker.base_image == "wsacr.azurecr.io/amltrain/train:gpu-0123456789ab"
+    assert second.image == "wsacr.azurecr.io/amltrain/train@sha256:" + "cd" * 32  # pinned to the pushed digest
 
 
 def test_register_refuses_a_version_that_points_at_another_image():
     fake = RecordingBackend()
-    _, env = registered_env(fake)
-    environment.ensure_registered(fake, env, out=io.StringIO())
+    ref, env = registered_env(fake)
+    environment.ensure_registered(fake, ref, env, out=io.StringIO())
     fake.login_server = "otheracr.azurecr.io"
-    _, moved = registered_env(fake)
+    moved, env = registered_env(fake)
     with pytest.raises(ToolkitError, match="exists with image wsacr.azurecr.io"):
-        environment.ensure_registered(fake, moved, out=io.StringIO())
+        environment.ensure_registered(fake, moved, env, out=io.StringIO())
 
 
 def test_a_workspace_without_a_registry_yet_is_said_so():
@@ -87,12 +90,12 @@ def test_compute_is_found_or_created():
     fake = RecordingBackend()
     spec = ComputeSpec("gpu-cluster", "Standard_NC24ads_A100_v4", max_nodes=3, low_priority=True)
     out = io.StringIO()
-    created = azure_compute.ensure(fake, spec, out=out)
+    created = azure_compute.ensure(fake, spec, v1.compute(spec), out=out)
     name, configuration = next(call[1:] for call in fake.calls if call[0] == "create_compute")
     assert (name, configuration.vm_size, configuration.vm_priority) == ("gpu-cluster", "Standard_NC24ads_A100_v4",
                                                                         "lowpriority")
     assert configuration.scale_settings.maximum_node_count == 3 and created.max_nodes == 3
-    azure_compute.ensure(fake, spec, out=out)
+    azure_compute.ensure(fake, spec, v1.compute(spec), out=out)
     assert fake.names().count("create_compute") == 1
     assert "exists (Succeeded): nothing created" in out.getvalue()
 
@@ -101,11 +104,11 @@ def test_an_existing_cluster_still_provisioning_is_waited_for_and_a_failed_one_r
     fake = RecordingBackend()
     spec = ComputeSpec("gpu-cluster", "Standard_NC24ads_A100_v4")
     fake.computes["gpu-cluster"] = backend.ComputeInfo("gpu-cluster", "Standard_NC24ads_A100_v4", 0, 4, "Creating")
-    assert azure_compute.ensure(fake, spec, out=io.StringIO()).state == "Succeeded"
+    assert azure_compute.ensure(fake, spec, v1.compute(spec), out=io.StringIO()).state == "Succeeded"
     assert fake.names() == ["get_compute", "wait_for_compute"]
     fake.computes["gpu-cluster"] = backend.ComputeInfo("gpu-cluster", "Standard_NC24ads_A100_v4", 0, 4, "Failed")
     with pytest.raises(ToolkitError, match="exists but failed to provision") as e:
-        azure_compute.ensure(fake, spec, out=io.StringIO())
+        azure_compute.ensure(fake, spec, v1.compute(spec), out=io.StringIO())
     assert "delete it" in e.value.hint and "create_compute" not in fake.names()
 
 
@@ -135,9 +138,9 @@ def test_a_cluster_whose_provisioning_failed_is_deleted_again(monkeypatch, state
 
     cluster = Cluster()
     monkeypatch.setattr(ComputeTarget, "create", lambda workspace, name, configuration: cluster)
-    workspace_backend = backend.WorkspaceBackend(None, None, RecordingBackend().workspace)
+    workspace_backend = v1_backend.WorkspaceBackend(None, None, RecordingBackend().workspace)
     with pytest.raises(ToolkitError) as e:
-        workspace_backend.create_compute("gpu-cluster", azure_compute.provisioning_configuration(
+        workspace_backend.create_compute("gpu-cluster", v1.compute(
             ComputeSpec("gpu-cluster", "Standard_NC24ads_A100_v4")))
     assert cluster.deleted is deleted
     assert e.value.message.startswith("waiting for compute gpu-cluster failed: Compute object provisioning")
@@ -152,18 +155,18 @@ def job(tmp_path):
 
 
 def submission(job, fake, compute="gpu-cluster", settings=SETTINGS):
-    plan = submit.plan(job, settings, compute, [], True)
+    plan = azure_plan.plan(job, settings, compute, [], True)
     ref, env = registered_env(fake, settings)
-    request = submit.SubmitRequest("fowl", ref, submit.script_run_config(plan, env, settings),
-                                   submit.tags(plan, ref, IMAGE, "abc123"))
+    request = submit.SubmitRequest(plan, "fowl", ref, v1.job(plan, ref, settings),
+                                   azure_plan.tags(plan, ref, IMAGE, "abc123"))
     return plan, request
 
 
 def ready_backend(**kwargs) -> RecordingBackend:
     fake = RecordingBackend(**kwargs)
     fake.computes["gpu-cluster"] = backend.ComputeInfo("gpu-cluster", "Standard_NC96ads_A100_v4", 0, 4, "Succeeded")
-    _, env = registered_env(fake)
-    environment.ensure_registered(fake, env, out=io.StringIO())
+    ref, env = registered_env(fake)
+    environment.ensure_registered(fake, ref, env, out=io.StringIO())
     fake.calls.clear()
     return fake
 
@@ -173,10 +176,10 @@ def test_submit_and_wait_for_a_completed_run(job):
     plan, request = submission(job, fake)
     fake.calls.clear()
     out = io.StringIO()
-    run = submit.execute(fake, plan, request, wait=True, out=out)
+    run = submit.execute(fake, request, wait=True, out=out)
     assert fake.names() == ["get_compute", "get_environment", "submit", "wait"]
     experiment, src, tags = fake.submitted[0]
-    assert submit.service_configuration(src)["pytorch"] == {"communicationBackend": "nccl", "processCount": 4,
+    assert v1.job_body(src)["pytorch"] == {"communicationBackend": "nccl", "processCount": 4,
                                                             "nodeCount": 2}
     assert tags["amltrain.image_digest"] == "sha256:" + "cd" * 32 and tags["amltrain.git_commit"] == "abc123"
     assert tags["amltrain.launch"] == "per-process 2x2"
@@ -187,7 +190,7 @@ def test_a_failed_run_is_one_line_with_its_id_and_link(job):
     fake = ready_backend(final_status="Failed")
     plan, request = submission(job, fake)
     with pytest.raises(ToolkitError) as e:
-        submit.execute(fake, plan, request, wait=True, out=io.StringIO())
+        submit.execute(fake, request, wait=True, out=io.StringIO())
     run_id = next(call[2] for call in fake.calls if call[0] == "submit")
     assert str(e.value).startswith(f"run {run_id} ended Failed: https://ml.azure.com/runs/{run_id}")
     assert e.value.exit_code == 1 and "\n" not in str(e.value)
@@ -209,7 +212,7 @@ def test_the_summary_names_the_run_its_link_the_image_digest_and_how_it_ended(jo
     summary = tmp_path / "step_summary.md"
     summary.write_text("earlier step\n")  # GitHub's file collects every step's summary: appended, not replaced
     try:
-        submit.execute(fake, plan, request, wait=True, out=io.StringIO(), summary=summary)
+        submit.execute(fake, request, wait=True, out=io.StringIO(), summary=summary)
     except ToolkitError:
         assert raises
     else:
@@ -231,13 +234,13 @@ def test_an_interrupted_wait_cancels_the_run_only_when_asked(job, tmp_path):
     fake = ready_backend(final_status="interrupted")
     plan, request = submission(job, fake)
     with pytest.raises(ToolkitError) as kept:
-        submit.execute(fake, plan, request, wait=True, out=io.StringIO())
+        submit.execute(fake, request, wait=True, out=io.StringIO())
     assert kept.value.exit_code == 130 and "it keeps running" in kept.value.message
     assert "cancel" not in fake.names()
 
     summary = tmp_path / "summary.md"
     with pytest.raises(ToolkitError) as cancelled:
-        submit.execute(fake, plan, request, wait=True, out=io.StringIO(), summary=summary, cancel_on_interrupt=True)
+        submit.execute(fake, request, wait=True, out=io.StringIO(), summary=summary, cancel_on_interrupt=True)
     run_id = fake.calls[-1][1]
     assert fake.calls[-2:] == [("wait", run_id, True), ("cancel", run_id)]
     assert cancelled.value.exit_code == 130
@@ -266,11 +269,11 @@ def test_a_second_signal_does_not_cut_the_cancel_short_and_a_failed_cancel_is_sa
     fake = CancelUnderFire(final_status="interrupted")
     fake.fails = fails
     fake.computes["gpu-cluster"] = backend.ComputeInfo("gpu-cluster", "Standard_NC96ads_A100_v4", 0, 4, "Succeeded")
-    environment.ensure_registered(fake, registered_env(fake)[1], out=io.StringIO())
+    environment.ensure_registered(fake, *registered_env(fake), out=io.StringIO())
     plan, request = submission(job, fake)
     summary = tmp_path / "summary.md"
     with pytest.raises(ToolkitError) as e:
-        submit.execute(fake, plan, request, wait=True, out=io.StringIO(), summary=summary, cancel_on_interrupt=True)
+        submit.execute(fake, request, wait=True, out=io.StringIO(), summary=summary, cancel_on_interrupt=True)
     run_id = fake.calls[-1][1]
     assert fake.names()[-2:] == ["wait", "cancel"] and e.value.exit_code == 130
     if fails:
@@ -287,7 +290,7 @@ def test_a_run_not_followed_says_so_in_the_summary(job, tmp_path):
     fake = ready_backend()
     plan, request = submission(job, fake)
     summary = tmp_path / "summary.md"
-    submit.execute(fake, plan, request, wait=False, out=io.StringIO(), summary=summary)
+    submit.execute(fake, request, wait=False, out=io.StringIO(), summary=summary)
     assert "wait" not in fake.names()
     assert summary.read_text().rstrip().endswith("Submitted; not followed (`invoke submit` without `--wait`).")
 
@@ -297,12 +300,12 @@ def test_unknown_compute_and_a_smaller_real_cluster_submit_nothing(job):
     plan, request = submission(job, fake, compute="nowhere",
                                settings=AzureSettings(registry=SETTINGS.registry))
     with pytest.raises(ToolkitError, match="unknown compute 'nowhere' in workspace ws") as e:
-        submit.execute(fake, plan, request, wait=False, out=io.StringIO())
+        submit.execute(fake, request, wait=False, out=io.StringIO())
     assert "invoke compute --name nowhere" in e.value.hint
     fake.computes["gpu-cluster"] = backend.ComputeInfo("gpu-cluster", "Standard_NC24ads_A100_v4", 0, 1)
     plan, request = submission(job, fake)
     with pytest.raises(ToolkitError, match="2 nodes asked, but compute gpu-cluster scales to at most 1"):
-        submit.execute(fake, plan, request, wait=False, out=io.StringIO())
+        submit.execute(fake, request, wait=False, out=io.StringIO())
     assert "submit" not in fake.names()
 
 
@@ -311,17 +314,17 @@ def test_an_unregistered_environment_submits_nothing(job):
     fake.environments.clear()
     plan, request = submission(job, fake)
     with pytest.raises(ToolkitError, match="amltrain-gpu:0123456789ab is not registered") as e:
-        submit.execute(fake, plan, request, wait=False, out=io.StringIO())
+        submit.execute(fake, request, wait=False, out=io.StringIO())
     assert e.value.hint == "invoke push --target gpu && invoke register --target gpu"
     assert "submit" not in fake.names()
 
 
 def test_declared_compute_limits_are_checked_offline(job):
     with pytest.raises(ToolkitError, match="5 nodes asked, but compute gpu-cluster scales to at most 4"):
-        submit.plan(JobSpec(**{**job.__dict__, "distribution": Distribution("per-process", 5, 1)}), SETTINGS,
+        azure_plan.plan(JobSpec(**{**job.__dict__, "distribution": Distribution("per-process", 5, 1)}), SETTINGS,
                     "gpu-cluster", [], True)
     with pytest.raises(ToolkitError, match="5 processes per node on Standard_NC96ads_A100_v4, which has 4 GPU"):
-        submit.plan(JobSpec(**{**job.__dict__, "distribution": Distribution("mpi", 1, 5)}), SETTINGS,
+        azure_plan.plan(JobSpec(**{**job.__dict__, "distribution": Distribution("mpi", 1, 5)}), SETTINGS,
                     "gpu-cluster", [], True)
 
 
@@ -332,7 +335,7 @@ def test_an_undeclared_cluster_of_the_wrong_kind_submits_nothing(job):
     plan, request = submission(job, fake, compute="adhoc")
     with pytest.raises(ToolkitError, match="Standard_D4s_v5, where PyTorch needs gloo, but the job was planned "
                                            "with nccl"):
-        submit.execute(fake, plan, request, wait=False, out=io.StringIO())
+        submit.execute(fake, request, wait=False, out=io.StringIO())
     assert "submit" not in fake.names()
 
 
@@ -340,16 +343,16 @@ def test_snapshot_over_the_file_limit_is_refused_before_anything(job):
     for i in range(2001):
         (job.source_dir / f"f{i}.txt").write_text("x")
     with pytest.raises(ToolkitError, match="has 2002 files, 0.0 MB; Azure ML allows 2000 files"):
-        submit.plan(job, SETTINGS, "gpu-cluster", [], True)
+        azure_plan.plan(job, SETTINGS, "gpu-cluster", [], True)
 
 
 def test_snapshot_over_the_size_limit_is_refused_and_amlignore_honoured(job):
     with open(job.source_dir / "weights.bin", "wb") as big:  # sparse: 301 MB that take no disk
         big.truncate(301 * 2**20)
     with pytest.raises(ToolkitError, match="has 2 files, 301.0 MB; Azure ML allows 2000 files and 300 MB"):
-        submit.plan(job, SETTINGS, "gpu-cluster", [], True)
+        azure_plan.plan(job, SETTINGS, "gpu-cluster", [], True)
     (job.source_dir / ".amlignore").write_text("*.bin\n")
-    assert submit.plan(job, SETTINGS, "gpu-cluster", [], True).snapshot_files == 2  # train.py, .amlignore
+    assert azure_plan.plan(job, SETTINGS, "gpu-cluster", [], True).snapshot_files == 2  # train.py, .amlignore
 
 
 def test_a_download_that_breaks_off_leaves_nothing_behind(tmp_path):
@@ -455,7 +458,7 @@ def streaming_run(signum: int):
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_a_stop_signal_while_following_a_run_is_one_line_with_its_exit_code(signum):
-    workspace_backend = backend.WorkspaceBackend(None, None, RecordingBackend().workspace)
+    workspace_backend = v1_backend.WorkspaceBackend(None, None, RecordingBackend().workspace)
     run = streaming_run(signum)
     workspace_backend._runs[run.id] = run
     before = signal.getsignal(signal.SIGTERM)
@@ -467,7 +470,7 @@ def test_a_stop_signal_while_following_a_run_is_one_line_with_its_exit_code(sign
 
 
 def test_the_backend_cancels_through_the_sdks_run():
-    workspace_backend = backend.WorkspaceBackend(None, None, RecordingBackend().workspace)
+    workspace_backend = v1_backend.WorkspaceBackend(None, None, RecordingBackend().workspace)
     run = streaming_run(signal.SIGINT)
     workspace_backend._runs[run.id] = run
     assert workspace_backend.cancel(run.id).status == "CancelRequested" and run.cancelled

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from amltrain.azure import compute, preflight, workspace
+from amltrain.azure import compute, preflight, v1, workspace
 from amltrain.azure import settings as azure_settings
 from amltrain.azure.settings import AzureSettings, ComputeSpec
 from amltrain.errors import ToolkitError
@@ -69,7 +69,7 @@ def test_base_images(image, outcome):
 def test_the_creation_request_is_the_sdks_own_payload():
     spec = ComputeSpec("gpu-cluster", "Standard_NC24ads_A100_v4", min_nodes=0, max_nodes=4, idle_seconds=900,
                        low_priority=True)
-    payload = compute.creation_payload(spec, "westeurope", "sub")
+    payload = v1.compute_body(v1.compute(spec), "westeurope", "sub")
     props = payload["properties"]
     assert (payload["location"], props["computeType"]) == ("westeurope", "AmlCompute")
     assert props["properties"]["vmSize"] == "Standard_NC24ads_A100_v4"
@@ -89,7 +89,7 @@ def test_compute_options_win_over_the_declaration_and_are_validated():
                        ({"priority": "spot"}, "not dedicated or low")]:
         with pytest.raises(ToolkitError, match=match):
             azure_settings.compute_for(settings, "gpu-cluster", **bad)
-    with pytest.raises(ToolkitError, match="not 2-16 letters"):
+    with pytest.raises(ToolkitError, match="not valid for Azure ML .3-24 letters"):
         azure_settings.compute_for(settings, "gpu_cluster!")
     with pytest.raises(ToolkitError, match="has no VM size"):
         compute.validate(azure_settings.compute_for(settings, "adhoc"))

@@ -1,4 +1,4 @@
-"""The Azure side at the SDK boundary: real azureml-core objects, read back through the SDK's own serializers.
+"""SDK v1 at the SDK boundary: real azureml-core objects, read back through the SDK's own serializers.
 
 Each launch mode is built from the same JobSpec run-local runs, turned into a real ScriptRunConfig, and
 serialized the way ``Experiment.submit`` serializes it for the service; the test compares that body with the
@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import pytest
 
-from amltrain.azure import environment, submit
+from amltrain import masking
+from amltrain.azure import environment, v1
+from amltrain.azure import plan as azure_plan
 from amltrain.azure.settings import AzureSettings, ComputeSpec, RegistrySettings
+from amltrain.azure.v1 import run_config as v1_job
 from amltrain.errors import ToolkitError
 from amltrain.spec import Distribution, JobSpec, frozen_map
 
@@ -39,10 +42,11 @@ def job(source, launch="per-process", nodes=1, procs=1, command="", arguments=("
 
 def body(j, compute="gpu4", inputs=(), settings=SETTINGS) -> dict:
     """What Experiment.submit would send as the run's configuration."""
-    plan = submit.plan(j, settings, compute, inputs, True)
+    plan = azure_plan.plan(j, settings, compute, inputs, True)
+    v1.check(plan, settings)
     ref = environment.environment_ref(settings, "gpu", LOCAL_REF, "wsacr.azurecr.io")
-    src = submit.script_run_config(plan, environment.definition(ref, settings, environ={}), settings)
-    return submit.service_configuration(src)
+    src = v1_job.script_run_config(plan, v1.environment(ref, settings, environ={}), settings)
+    return v1.job_body(src)
 
 
 def shape(config: dict) -> dict:
@@ -136,13 +140,13 @@ def test_registry_credentials_only_for_another_registry_with_a_user(source):
     other = AzureSettings(registry=RegistrySettings(address="myacr.azurecr.io", username="puller",
                                                     repository="amltrain/train"))
     ref = environment.environment_ref(other, "gpu", LOCAL_REF, "myacr.azurecr.io")
-    env = environment.serialized(environment.definition(ref, other, environ={"AMLTRAIN_REGISTRY_PASSWORD": "pw1"}))
+    env = v1.environment_body(v1.environment(ref, other, environ={"AMLTRAIN_REGISTRY_PASSWORD": "pw1"}))
     assert env["docker"]["baseImageRegistry"]["address"] == "myacr.azurecr.io"
     assert env["docker"]["baseImageRegistry"]["username"] == "puller"
     assert env["docker"]["baseImageRegistry"]["password"] == "pw1"  # Azure ML needs it to pull
-    assert submit.masked(env)["docker"]["baseImageRegistry"]["password"] == "****"
+    assert masking.masked(env)["docker"]["baseImageRegistry"]["password"] == "****"
     with pytest.raises(ToolkitError, match="AMLTRAIN_REGISTRY_PASSWORD"):
-        environment.definition(ref, other, environ={})
+        v1.environment(ref, other, environ={})
 
 
 @pytest.fixture
@@ -207,10 +211,10 @@ def test_the_dry_run_body_is_what_the_sdk_posts(source, posted_by_the_sdk, launc
     arguments = ("--data-dir", "${{inputs.fowl}}") if inputs and not command else ("--num-epochs", "1")
     j = job(source, launch=launch, nodes=nodes, procs=procs, command=command, arguments=arguments,
             env={"NCCL_DEBUG": "INFO"})
-    plan = submit.plan(j, SETTINGS, "gpu4", inputs, True)
+    plan = azure_plan.plan(j, SETTINGS, "gpu4", inputs, True)
     ref = environment.environment_ref(SETTINGS, "gpu", LOCAL_REF, "wsacr.azurecr.io")
-    src = submit.script_run_config(plan, environment.definition(ref, SETTINGS, environ={}), SETTINGS)
-    printed = submit.service_configuration(src)
+    src = v1_job.script_run_config(plan, v1.environment(ref, SETTINGS, environ={}), SETTINGS)
+    printed = v1.job_body(src)
     sent = posted_by_the_sdk(src)
     assert sent == printed
     assert (sent["nodeCount"], sent["target"]) == (nodes, "gpu4")  # and it is this job's, not an empty one

@@ -19,7 +19,7 @@ SECRET = "canary-secret-7f3a"
 NO_NETWORK = {"HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9", "NO_PROXY": "",
               "https_proxy": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9", "no_proxy": ""}
 OFFLINE = {**ENGINE_DOWN, **NO_NETWORK, "AZURE_CLIENT_ID": "client", "AZURE_TENANT_ID": "tenant",
-           "AZURE_CLIENT_SECRET": SECRET, "AMLTRAIN_REGISTRY_PASSWORD": SECRET}
+           "AZURE_CLIENT_SECRET": SECRET, "AMLTRAIN_REGISTRY_PASSWORD": SECRET, "INVOKE_AZURE_SDK": "v1"}
 
 
 def one_line_error(result, *fragments: str) -> None:
@@ -114,7 +114,7 @@ def test_push_dry_run_with_basic_auth_masks_the_password():
      ["cannot mount a local folder", "azureml:DATASET"]),
     (["compute", "--name", "old", "--vm-size", "STANDARD_NC6", "--dry-run"],
      ["STANDARD_NC6 was retired", "Standard_NC24ads_A100_v4"]),
-    (["compute", "--name", "x_y", "--vm-size", "Standard_D2s_v5", "--dry-run"], ["is not 2-16 letters"]),
+    (["compute", "--name", "x_y", "--vm-size", "Standard_D2s_v5", "--dry-run"], ["is not valid for Azure ML (3-24 letters"]),
     (["model", "--run", "r1", "--dry-run"], ["nothing to do"]),
     (["submit", "--cancel-on-interrupt"], ["--cancel-on-interrupt needs --wait"]),
     (["build", "--target", "gpu", "--unless-pushed", "--bake"], ["--bake and --unless-pushed do not go together"]),

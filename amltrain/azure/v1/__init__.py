@@ -15,7 +15,7 @@ from .compute import compute_body
 from .compute import provisioning_configuration as compute
 from .environment import definition as environment
 from .environment import environment_body
-from .job import cluster_arguments, cluster_command, job, job_body
+from .run_config import cluster_arguments, cluster_command, job, job_body
 
 NAME = "v1"
 PACKAGE = "azureml-core"

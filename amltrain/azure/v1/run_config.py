@@ -27,8 +27,10 @@ from ...errors import ToolkitError
 from ...inputs import substitute, whole_reference
 from ...spec import Distribution
 from ..data import RemoteInput
+from ..environment import EnvironmentRef
 from ..plan import Plan
 from ..settings import AzureSettings
+from .environment import definition
 
 
 def placeholder(remote: RemoteInput) -> str:
@@ -125,9 +127,10 @@ def service_configuration(src) -> dict:
     return _commands._serialize_run_config_to_dict(run_config)
 
 
-def job(p: Plan, env, settings: AzureSettings, tags=None):
-    """The SDK object ``submit`` hands over (tags travel with ``Experiment.submit``)."""
-    return script_run_config(p, env, settings)
+def job(p: Plan, env: EnvironmentRef, settings: AzureSettings, tags=None):
+    """The SDK object ``submit`` hands over: the ScriptRunConfig on ``env``'s Environment (the tags travel with
+    ``Experiment.submit``)."""
+    return script_run_config(p, definition(env, settings), settings)
 
 
 def job_body(src) -> dict:
