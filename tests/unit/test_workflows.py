@@ -20,6 +20,7 @@ from invoke import Collection, Program
 from invoke.loader import FilesystemLoader
 from invoke.parser import ParseError, Parser
 
+from amltrain.azure.settings import SDKS
 from amltrain.spec import LAUNCH_MODES
 from tests.conftest import ROOT
 
@@ -232,10 +233,11 @@ def test_azureml_runs_the_tasks_a_person_runs_signed_in_by_oidc_and_summarised()
     workflow = yaml.safe_load(text)
     assert triggers(workflow) == {"workflow_dispatch"}
     inputs = workflow.get("on", workflow.get(True))["workflow_dispatch"]["inputs"]
-    assert set(inputs) == {"target", "nodes", "procs-per-node", "launch", "compute"}
+    assert set(inputs) == {"target", "nodes", "procs-per-node", "launch", "compute", "instance-type", "sdk"}
     project = yaml.safe_load((ROOT / "invoke.yaml").read_text())
     assert set(inputs["target"]["options"]) == {"cpu", "gpu"} <= set(project["images"])
     assert tuple(inputs["launch"]["options"]) == LAUNCH_MODES
+    assert tuple(inputs["sdk"]["options"]) == SDKS and inputs["sdk"]["default"] == project["azure"]["sdk"] == "v2"
     assert inputs["compute"]["default"] in project["azure"]["computes"]
     assert workflow["permissions"] == {"contents": "read", "id-token": "write"}
     (job,) = workflow["jobs"].values()
@@ -255,6 +257,8 @@ def test_azureml_runs_the_tasks_a_person_runs_signed_in_by_oidc_and_summarised()
     assert {env["INVOKE_AZURE_RESOURCE_GROUP"], env["INVOKE_AZURE_WORKSPACE_NAME"]} == {
         "${{ vars.AZUREML_RESOURCE_GROUP }}", "${{ vars.AZUREML_WORKSPACE }}"}
     # Layer cache per target, shared with ci.yml's scope for the CPU image.
+    assert env["INVOKE_AZURE_SDK"] == "${{ inputs.sdk }}"  # every task of the job uses the chosen SDK
+    assert env["INVOKE_AZURE_INSTANCE_TYPE"] == "${{ inputs.instance-type }}"
     assert env["INVOKE_BUILD_CACHE_FROM"] == "type=gha,scope=amltrain-${{ inputs.target }}"
     assert env["INVOKE_BUILD_CACHE_TO"] == "type=gha,mode=max,scope=amltrain-${{ inputs.target }}"
     assert "type=gha,scope=amltrain-cpu" in (WORKFLOW_DIR / "ci.yml").read_text()
