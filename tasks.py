@@ -285,6 +285,8 @@ def submit(c, target=None, compute=None, instance_type=None, nodes=None, procs_p
     from amltrain.azure import flow
 
     session = _session(c, sdk)
+    if dry_run and session.settings.sdk == "v2":
+        session.warning_prefix = "# warning: "  # the output is the job YAML
     job = config.job_spec(c.config, ROOT, target=target, script=script, arguments=args, env=env or [],
                           command=command, launch=launch, nodes=nodes, procs_per_node=procs_per_node,
                           require_inputs=False)

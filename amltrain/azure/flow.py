@@ -31,7 +31,11 @@ INSTALL_HINT = "install the azure extra: pip install -e '.[azure]' (./dev instal
 def load_sdk(name: str):
     """The adapter of SDK ``name`` (``amltrain.azure.v1`` or ``.v2``); one line when its package is missing."""
     module, package = SDK_PACKAGES[name]
-    if importlib.util.find_spec(module.split(".")[0]) is None or importlib.util.find_spec(module) is None:
+    try:
+        found = importlib.util.find_spec(module) is not None  # imports the parent packages, which may be missing
+    except ModuleNotFoundError:
+        found = False
+    if not found:
         raise ToolkitError(f"Azure ML SDK {name} ({package}) is not installed", INSTALL_HINT)
     return importlib.import_module(f"amltrain.azure.{name}")
 
@@ -39,12 +43,15 @@ def load_sdk(name: str):
 class AzureSession:
     """The settings, the chosen SDK and, once asked for, the workspace: signed in at most once per task."""
 
-    def __init__(self, settings: AzureSettings, root: Path, out=None):
+    def __init__(self, settings: AzureSettings, root: Path, out=None, images_from=None):
+        """``images_from``: where a real run finds its image (default: this Docker engine, then the registry)."""
         self.settings = settings
         self.root = root
         self.sdk = load_sdk(settings.sdk)
         self.out = out or sys.stdout
         self._backend = None
+        self._images_from = images_from or engine.connect
+        self.warning_prefix = "warning: "  # "# warning: " where the output must stay YAML (a v2 job)
 
     def workspace(self):
         """The workspace reference, from files and the environment only; one line when none is configured."""
@@ -67,7 +74,7 @@ class AzureSession:
 
     def warn(self, lines) -> None:
         for line in lines:
-            print(f"warning: {line}", file=self.out, flush=True)
+            print(f"{self.warning_prefix}{line}", file=self.out, flush=True)
 
 
 @dataclass(frozen=True)
@@ -97,7 +104,8 @@ def _known_locally(image: ImageChoice) -> KnownImage | None:
 
 def _resolved(session: AzureSession, image: ImageChoice) -> KnownImage:
     """The image this engine built, or the registry's under the same tag (a real run)."""
-    return acr.built_or_pushed(engine.connect(), session.settings, image.local_ref, image.target, session.backend)
+    return acr.built_or_pushed(session._images_from(), session.settings, image.local_ref, image.target,
+                               session.backend)
 
 
 def _environment_ref(session: AzureSession, image: ImageChoice, known: KnownImage | None, offline: bool):
@@ -221,6 +229,10 @@ class SubmitFlow:
 
     def document(self) -> dict:
         """What the SDK is handed, as it reads it back (v2: the job YAML ``az ml job create -f`` takes), masked."""
+        if self.session.settings.sdk == "v2":
+            import yaml
+
+            return masked(yaml.safe_load(self.session.sdk.job_yaml(self.request.job)))
         return masked(self.session.sdk.job_document(self.request.job))
 
     def describe(self) -> dict:
@@ -312,13 +324,14 @@ def check_emit_target(session: AzureSession, path: Path) -> None:
 
 def emit_yaml(flow: SubmitFlow, path: Path) -> None:
     """The job YAML, secrets masked (a warning says which to fill in), written whole or not at all."""
-    sdk = flow.session.sdk
-    text = sdk.job_yaml(flow.request.job, path.resolve().parent)
-    shown = sdk.job_yaml(flow.request.job, path.resolve().parent, masked)
-    if shown != text:
+    import yaml
+
+    document = yaml.safe_load(flow.session.sdk.job_yaml(flow.request.job, path.resolve().parent))
+    shown = masked(document)
+    if shown != document:
         flow.session.warn([f"secret-looking values are masked in {path}: fill them in (better: a key vault "
                            "reference) before az ml job create -f"])
     partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(shown, encoding="utf-8")
+    partial.write_text(yaml.safe_dump(shown, sort_keys=False, width=1000), encoding="utf-8")
     partial.replace(path)
     print(f"wrote {path}: az ml job create -f {path} submits it (nothing submitted)", file=flow.session.out)

@@ -114,7 +114,7 @@ def test_push_dry_run_with_basic_auth_masks_the_password():
      ["cannot mount a local folder", "azureml:DATASET"]),
     (["compute", "--name", "old", "--vm-size", "STANDARD_NC6", "--dry-run"],
      ["STANDARD_NC6 was retired", "Standard_NC24ads_A100_v4"]),
-    (["compute", "--name", "x_y", "--vm-size", "Standard_D2s_v5", "--dry-run"], ["is not valid for Azure ML (3-24 letters"]),
+    (["compute", "--name", "x_y", "--vm-size", "Standard_D2s_v5", "--dry-run"], ["is not valid for Azure ML (3-24"]),
     (["model", "--run", "r1", "--dry-run"], ["nothing to do"]),
     (["submit", "--cancel-on-interrupt"], ["--cancel-on-interrupt needs --wait"]),
     (["build", "--target", "gpu", "--unless-pushed", "--bake"], ["--bake and --unless-pushed do not go together"]),
