@@ -43,14 +43,15 @@ def load_sdk(name: str):
 class AzureSession:
     """The settings, the chosen SDK and, once asked for, the workspace: signed in at most once per task."""
 
-    def __init__(self, settings: AzureSettings, root: Path, out=None, images_from=None):
-        """``images_from``: where a real run finds its image (default: this Docker engine, then the registry)."""
+    def __init__(self, settings: AzureSettings, root: Path, out=None, find_image=None):
+        """``find_image(ImageChoice) -> KnownImage``: how a real run finds its image (default: this Docker
+        engine, else the registry under the same tag)."""
         self.settings = settings
         self.root = root
         self.sdk = load_sdk(settings.sdk)
         self.out = out or sys.stdout
         self._backend = None
-        self._images_from = images_from or engine.connect
+        self.find_image = find_image or self._built_or_pushed
         self.warning_prefix = "warning: "  # "# warning: " where the output must stay YAML (a v2 job)
 
     def workspace(self):
@@ -71,6 +72,9 @@ class AzureSession:
             self.workspace()
             self._backend = self.sdk.connect(self.settings, self.root)
         return self._backend
+
+    def _built_or_pushed(self, image: ImageChoice) -> KnownImage:
+        return acr.built_or_pushed(engine.connect(), self.settings, image.local_ref, image.target, self.backend)
 
     def warn(self, lines) -> None:
         for line in lines:
@@ -100,12 +104,6 @@ def _known_locally(image: ImageChoice) -> KnownImage | None:
         return local_image(engine.connect(), image.local_ref, image.target)
     except ToolkitError:
         return None
-
-
-def _resolved(session: AzureSession, image: ImageChoice) -> KnownImage:
-    """The image this engine built, or the registry's under the same tag (a real run)."""
-    return acr.built_or_pushed(session._images_from(), session.settings, image.local_ref, image.target,
-                               session.backend)
 
 
 def _environment_ref(session: AzureSession, image: ImageChoice, known: KnownImage | None, offline: bool):
@@ -189,7 +187,7 @@ class RegisterFlow:
 def prepare_register(session: AzureSession, image: ImageChoice, offline: bool) -> RegisterFlow:
     if not offline:
         session.workspace()
-    known = _known_locally(image) if offline else _resolved(session, image)
+    known = _known_locally(image) if offline else session.find_image(image)
     ref = _environment_ref(session, image, known, offline)
     warnings = preflight.pull_warnings(session.settings, session.settings.computes.get(session.settings.compute))
     return RegisterFlow(session, image, ref, session.sdk.environment(ref, session.settings), tuple(warnings))
@@ -271,7 +269,7 @@ def prepare_submit(session: AzureSession, job: JobSpec, image: ImageChoice, *, o
         s.workspace()
         if summary:
             check_writable(Path(summary), "summary file")
-    known = _known_locally(image) if offline else _resolved(s, image)
+    known = _known_locally(image) if offline else s.find_image(image)
     ref = _environment_ref(s, image, known, offline)
     run_tags = tags(p, ref, known, git_commit(job.source_dir))
     request = submit.SubmitRequest(p, job.experiment, ref, s.sdk.job(p, ref, s.settings, run_tags), run_tags)

@@ -26,6 +26,7 @@ from invoke import Context, Exit
 
 from amltrain import config
 from amltrain.azure import backend as azure_backend
+from amltrain.azure import v1, v2
 from tests.azure_fake import RecordingBackend
 from tests.conftest import ROOT
 from tests.docker import local_registry
@@ -233,7 +234,8 @@ def aad_tasks(registry, tmp_path, monkeypatch, repository: str):
     workspace.write_text(json.dumps({"subscription_id": "s", "resource_group": "r", "workspace_name": "ws"}))
     fake = RecordingBackend(login_server=registry.address, refresh_token=TOKEN)
     fake.computes["gpu-cluster"] = azure_backend.ComputeInfo("gpu-cluster", "Standard_NC48ads_A100_v4", 0, 4)
-    monkeypatch.setattr(azure_backend, "connect", lambda settings, start: fake)
+    for sdk in (v1, v2):  # the network seam of either SDK (the session asks the chosen SDK's adapter)
+        monkeypatch.setattr(sdk, "connect", lambda settings, start: fake)
     c = Context(config=config.load(ROOT, {"images": {"repository": repository},
                                           "azure": {"config_file": str(workspace),
                                                     "registry": {"address": "", "auth": "aad"}}}))
@@ -266,7 +268,8 @@ def test_the_aad_path_feeds_push_register_and_submit(registry, cpu_ref, tmp_path
     workspace.write_text(json.dumps({"subscription_id": "s", "resource_group": "r", "workspace_name": "ws"}))
     fake = RecordingBackend(login_server=registry.address, refresh_token=TOKEN, final_status="Failed")
     fake.computes["gpu-cluster"] = azure_backend.ComputeInfo("gpu-cluster", "Standard_NC24ads_A100_v4", 0, 4)
-    monkeypatch.setattr(azure_backend, "connect", lambda settings, start: fake)
+    for sdk in (v1, v2):  # the network seam of either SDK (the session asks the chosen SDK's adapter)
+        monkeypatch.setattr(sdk, "connect", lambda settings, start: fake)
     c = Context(config=config.load(ROOT, {"images": {"repository": REPOSITORY},
                                           "azure": {"config_file": str(workspace),
                                                     "registry": {"address": "", "auth": "aad"}}}))
@@ -278,7 +281,9 @@ def test_the_aad_path_feeds_push_register_and_submit(registry, cpu_ref, tmp_path
     tasks.register(c, target="cpu")
     assert fake.names().count("register_environment") == 1
     (env,) = fake.environments.values()
-    assert env.docker.base_image == f"{registry.address}/{cpu_ref}" and env.python.user_managed_dependencies
+    digest = registry.manifest_digest(REPOSITORY, cpu_ref.rsplit(":", 1)[1])
+    assert env.image == f"{registry.address}/{REPOSITORY}@{digest}"  # pinned to the pushed digest
+    assert fake.registered[0].image == env.image and not fake.registered[0].conda_file  # SDK v2: the image as is
     with pytest.raises(Exit) as failed:
         tasks.submit(c, target="cpu", compute="gpu-cluster", wait=True)
     run_id = next(call[2] for call in fake.calls if call[0] == "submit")
