@@ -86,8 +86,17 @@ class AzureNetwork:
     def requests_of(self, method: str, pattern: str) -> list[Sent]:
         return [s for s in self.sent if s.method == method and re.search(pattern, s.url)]
 
+    def install(self, monkeypatch) -> AzureNetwork:
+        """Take ``requests.Session.request`` for the test's duration."""
+        def request(session, method, url, **kwargs):
+            return self.session_request(session, method, url, **kwargs)
+
+        monkeypatch.setattr(requests.Session, "request", request)
+        return self
+
     def session_request(self, session, method, url, data=None, headers=None, **kwargs):
         """``requests.Session.request``'s place: what azure-core's transport calls for every request."""
+        method = method.upper()  # requests.post() says "post"
         sent = Sent(method, url, _parsed(data))
         self.sent.append(sent)
         for route in self.routes:
@@ -194,3 +203,51 @@ def answer_data_plane(network: AzureNetwork) -> None:
                                                                            "workspaceblobstore"))
         network.answer("POST", rf"/datastores/{name}/listSecrets\?", {"secretsType": "AccountKey",
                                                                       "key": ACCOUNT_KEY})
+    network.answer("GET", r"/datastores\?.*isDefault=true", {"value": [
+        datastore_resource("workspaceblobstore", "azureml-blobstore", default=True)]})
+
+
+def model_version(name: str, version: str, uri: str = "azureml://jobs/job0/outputs/artifacts/paths/outputs/") -> dict:
+    """A registered model version as the service returns it."""
+    return {"id": ASSET_ID.format(kind="models", name=name, version=version), "name": version, "properties": {
+        "modelType": "custom_model", "modelUri": uri, "flavors": {}, "properties": {}, "tags": {},
+        "isAnonymous": False, "isArchived": False}}
+
+
+def answer_blobs(network: AzureNetwork, container: str, files: dict[str, bytes]) -> None:
+    """A blob container of the workspace's storage account holding ``files`` (name -> content): its listing
+    (``?comp=list&prefix=…``, XML, filtered by the prefix asked) and each blob's download."""
+    from urllib.parse import parse_qs, urlsplit
+
+    def listing(sent: Sent) -> str:
+        prefix = parse_qs(urlsplit(sent.url).query).get("prefix", [""])[0]
+        blobs = "".join(f"<Blob><Name>{name}</Name><Properties><Content-Length>{len(data)}</Content-Length>"
+                        "<BlobType>BlockBlob</BlobType><Last-Modified>Sun, 29 Nov 2026 10:00:00 GMT</Last-Modified>"
+                        "<Etag>0x8D0</Etag></Properties><Metadata /></Blob>"
+                        for name, data in sorted(files.items()) if name.startswith(prefix))
+        return (f'<?xml version="1.0" encoding="utf-8"?><EnumerationResults ServiceEndpoint="{STORAGE}/" '
+                f'ContainerName="{container}"><Prefix>{prefix}</Prefix><Blobs>{blobs}</Blobs><NextMarker />'
+                "</EnumerationResults>")
+
+    network.answer("GET", rf"^{STORAGE}/{container}\?.*comp=list", listing, headers={"Content-Type": "application/xml"})
+    for name, data in files.items():
+        network.answer("GET", rf"^{STORAGE}/{container}/{re.escape(name)}(\?|$)", data, status=206, headers={
+            "Content-Type": "application/octet-stream", "Content-Range": f"bytes 0-{len(data) - 1}/{len(data)}",
+            "x-ms-blob-type": "BlockBlob", "ETag": '"0x8D0"', "Last-Modified": "Sun, 29 Nov 2026 10:00:00 GMT"})
+
+
+CODE_ID = ASSET_ID.format(kind="codes", name="c0de", version="1")
+
+
+def answer_code_asset(network: AzureNetwork) -> None:
+    """The workspace already holds a code asset with the snapshot's content hash: ``jobs.create_or_update`` looks
+    it up by hash and reuses it, so nothing is uploaded."""
+    code = {"id": CODE_ID, "name": "1", "properties": {
+        "codeUri": f"{STORAGE}/azureml-blobstore/LocalUpload/0123/src", "isAnonymous": True}}
+    network.answer("GET", r"/codes/[^/]+/versions\?.*hash=", {"value": [code]})
+    network.answer("GET", r"/codes/c0de/versions/1\?", code)
+
+
+def run_details(name: str, status: str, error: dict | None = None) -> dict:
+    """Run history's view of a job (``…/runs/NAME/details``), what ``jobs.stream`` polls."""
+    return {"runId": name, "status": status, "logFiles": {}, "warnings": [], "error": error}

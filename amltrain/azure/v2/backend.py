@@ -34,6 +34,7 @@ from ..workspace import (
     auth_mode,
     workspace_ref,
 )
+from .build import model, quiet_sdk
 
 POLL_SECONDS = 15.0  # between looks at a cluster being created or updated
 IN_PROGRESS = ("creating", "updating")  # provisioning states a cluster leaves by itself
@@ -94,22 +95,22 @@ def connect(settings: AzureSettings, start: Path) -> MLClientBackend:
                       f"check subscription_id, resource_group and workspace_name ({ref.source})"):
         from azure.ai.ml import MLClient
 
+        quiet_sdk()
         token_source = credential(mode, os.environ)
         client = MLClient(token_source, ref.subscription_id, ref.resource_group, ref.workspace_name)
-        backend = MLClientBackend(client, token_source, ref)
-        backend.workspace_details()
-    return backend
+        details = client.workspaces.get(ref.workspace_name)
+    return MLClientBackend(client, token_source, ref, details=details)
 
 
 class MLClientBackend:
     """``MLClient`` against one workspace. Jobs are named by the SDK at submit; that name is the run id."""
 
-    def __init__(self, client, token_source, ref: WorkspaceRef, poll_seconds: float = POLL_SECONDS):
+    def __init__(self, client, token_source, ref: WorkspaceRef, poll_seconds: float = POLL_SECONDS, details=None):
         self._client = client
         self._credential = token_source
         self.workspace = ref
         self._poll_seconds = poll_seconds
-        self._details = None
+        self._details = details  # the SDK's Workspace, when already read
 
     def workspace_details(self):
         """The SDK's Workspace, asked once (its registry does not change during a task)."""
@@ -192,7 +193,7 @@ class MLClientBackend:
     def wait_for_compute(self, name: str) -> ComputeInfo:
         """Until the cluster's provisioning ends (v2 cannot resume another process's operation: it looks)."""
         target = self._compute(name)
-        while target is not None and str(target.provisioning_state or "").lower() in IN_PROGRESS:
+        while target is not None and _text(target.provisioning_state).lower() in IN_PROGRESS:
             time.sleep(self._poll_seconds)
             target = self._compute(name)
         if target is None:
@@ -207,8 +208,9 @@ class MLClientBackend:
         """Delete a cluster Azure reports as failed; say what became of it."""
         try:
             target = self._client.compute.get(name)
-            if str(target.provisioning_state).lower() != "failed":
-                return f"compute {name} is {target.provisioning_state}: see it in the studio"
+            state = _text(target.provisioning_state)
+            if state.lower() != "failed":
+                return f"compute {name} is {state}: see it in the studio"
             self._client.compute.begin_delete(name).result()
             return "the failed cluster was deleted"
         except Exception:  # noqa: BLE001 - the first failure is the one to report
@@ -220,12 +222,12 @@ class MLClientBackend:
         compute to their ids, and creates the job under a name the SDK generates."""
         with azure_errors(f"submitting to experiment {experiment}"):
             created = self._client.jobs.create_or_update(job, experiment_name=experiment, tags=dict(tags))
-            return RunInfo(created.name, created.studio_url or "", created.status or "")
+            return RunInfo(created.name, created.studio_url or "", _text(created.status))
 
     def get_run(self, run_id: str) -> RunInfo:
         with azure_errors(f"reading job {run_id}", RUN_HINT):
             job = self._client.jobs.get(run_id)
-            return RunInfo(job.name, job.studio_url or "", job.status or "")
+            return RunInfo(job.name, job.studio_url or "", _text(job.status))
 
     def wait(self, run_id: str, show_output: bool = True) -> RunInfo:
         """Stream the job's logs (rank 0's) to its end. A job that fails is a result (status Failed), not an
@@ -254,15 +256,13 @@ class MLClientBackend:
         return final
 
     def cancel(self, run_id: str) -> RunInfo:
-        """Asks for the cancel (``begin_cancel`` sends it) without waiting for the job to stop: a CI job being
-        cancelled has seconds left."""
+        """Asks for the cancel without waiting for the job to stop (a CI job being cancelled has seconds left):
+        ``begin_cancel`` sends it; ``polling=False`` keeps its poller from following the operation in a thread."""
         with azure_errors(f"cancelling job {run_id}", RUN_HINT):
-            self._client.jobs.begin_cancel(run_id)
+            self._client.jobs.begin_cancel(run_id, polling=False)
         return self.get_run(run_id)
 
     def register_model(self, run_id: str, name: str, path: str, tags: dict[str, str]) -> tuple[str, str]:
-        from .build import model
-
         with azure_errors(f"registering model {name} from job {run_id}"):
             registered = self._client.models.create_or_update(model(run_id, name, path, tags))
             return registered.name, str(registered.version)
@@ -301,6 +301,12 @@ def _compute_info(target) -> ComputeInfo:
         vm_size=str(getattr(target, "size", "") or ""),
         min_nodes=int(getattr(target, "min_instances", 0) or 0),
         max_nodes=int(getattr(target, "max_instances", 0) or 0),
-        state=str(target.provisioning_state or ""),
+        state=_text(target.provisioning_state),
         kind="AmlCompute" if str(target.type).lower() == "amlcompute" else str(target.type or type(target).__name__),
     )
+
+
+def _text(value) -> str:
+    """A state as the service words it: the SDK hands some over as enum members (``ProvisioningState.SUCCEEDED``
+    is "Succeeded")."""
+    return str(getattr(value, "value", value) or "")

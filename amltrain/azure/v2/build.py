@@ -26,19 +26,19 @@ from ..plan import Plan
 from ..settings import AzureSettings, ComputeSpec
 
 SCHEMA = "https://azuremlschemas.azureedge.net/latest/commandJob.schema.json"
-CODE_PLACEHOLDER = "<code asset uploaded from {} at submit (.amlignore honoured)>"
+CODE_PLACEHOLDER = "<code asset uploaded from {} at submit (.amlignore, else .gitignore, honoured)>"
 NAME_PLACEHOLDER = "<job name generated at submit>"
 LOCATION_PLACEHOLDER = "<the workspace's location>"
+# The job's YAML reads in this order (the SDK's dump has its schema's field order, tags first); the rest follows.
+YAML_ORDER = ("type", "experiment_name", "command", "code", "environment", "compute", "distribution", "resources",
+              "limits", "inputs", "environment_variables", "tags")
 MODEL_URI = "azureml://jobs/{job}/outputs/artifacts/paths/{path}"  # the SDK's JOB_URI_FORMAT, default output
 
 
-def _sdk():
-    """azure.ai.ml, imported on first use. Its experimental schema classes log a warning each on first use
-    (``AutoDeleteSettingSchema: This is an experimental class…``): noise about SDK internals, not about the job."""
-    import azure.ai.ml
-
+def quiet_sdk() -> None:
+    """Before azure-ai-ml builds or dumps anything: its experimental schema classes log a warning each on first use
+    (``AutoDeleteSettingSchema: This is an experimental class…``), noise about SDK internals, not about the job."""
     logging.getLogger("azure.ai.ml._utils._experimental").setLevel(logging.ERROR)
-    return azure.ai.ml
 
 
 def rest_body(rest_object) -> dict:
@@ -46,20 +46,20 @@ def rest_body(rest_object) -> dict:
     exclude_readonly=True)`` in ``arm_ml_service/operations/_operations.py``), read back as plain data."""
     import json
 
-    _sdk()
     from azure.ai.ml._restclient.arm_ml_service._utils.model_base import SdkJSONEncoder
 
     return json.loads(json.dumps(rest_object, cls=SdkJSONEncoder, exclude_readonly=True))
 
 
 # --- environment ------------------------------------------------------------------------------------------------
-def environment(ref, settings: AzureSettings | None = None):
+def environment(ref, settings: AzureSettings | None = None, environ: Mapping[str, str] | None = None):
     """The registered Environment of an image: image only, no conda file or build context, so Azure ML runs the
     image as it is (v1's user-managed dependencies). v2 has no registry credentials on an Environment: a registry
-    other than the workspace's is reached through a workspace connection or the compute's identity (AcrPull)."""
+    other than the workspace's is reached through a workspace connection or the compute's identity (AcrPull), so
+    ``settings`` and ``environ`` (v1's signature, where they give the pull credentials) are not needed here."""
     from azure.ai.ml.entities import Environment
 
-    _sdk()
+    quiet_sdk()
     return Environment(name=ref.name, version=ref.version, image=ref.image)
 
 
@@ -74,7 +74,7 @@ def compute(spec: ComputeSpec):
     pull from a registry with AcrPull where the ACR admin user is disabled."""
     from azure.ai.ml.entities import AmlCompute, IdentityConfiguration, ManagedIdentityConfiguration
 
-    _sdk()
+    quiet_sdk()
     identity = None
     if spec.identity == "system":
         identity = IdentityConfiguration(type="system_assigned")
@@ -96,11 +96,11 @@ def compute_body(cluster, location: str = "") -> dict:
 
 # --- command job ------------------------------------------------------------------------------------------------
 def input_path(remote: RemoteInput) -> str:
-    """An input as v2 names it: a data asset version (``@latest``: the SDK looks up the newest at submit), or a
-    folder of a datastore."""
+    """An input as v2 names it: a data asset version, or a folder of a datastore. The newest version is
+    ``NAME@latest``, which the SDK looks up at submit; it takes no ``azureml:`` prefix there (it would look up a
+    data asset named ``azureml:NAME``), and the YAML dump adds the prefix, which loading strips again."""
     if remote.kind == "dataset":
-        return f"azureml:{remote.source}@latest" if remote.detail == "latest" else \
-            f"azureml:{remote.source}:{remote.detail}"
+        return f"{remote.source}@latest" if remote.detail == "latest" else f"azureml:{remote.source}:{remote.detail}"
     return f"azureml://datastores/{remote.source}/paths/{remote.detail.strip('/')}"
 
 
@@ -147,6 +147,7 @@ def command_job(plan: Plan, env, settings: AzureSettings, tags: Mapping[str, str
     registered environment's ``name`` and ``version`` (an ``EnvironmentRef`` or the SDK's Environment)."""
     from azure.ai.ml import Input, command
 
+    quiet_sdk()
     sdk_inputs = {name: Input(type="uri_folder", path=input_path(remote), mode="ro_mount")
                   for name, remote in plan.inputs.items()}
     job = plan.job
@@ -173,6 +174,7 @@ def job_yaml(job, folder: Path | None = None) -> str:
 
     import yaml
 
+    quiet_sdk()
     standalone = _as_job(job)
     local = isinstance(standalone.code, (str, os.PathLike)) and not _is_remote(str(standalone.code))
     if local:  # a loaded job's code is relative to its file; the SDK would resolve it against the cwd
@@ -180,8 +182,8 @@ def job_yaml(job, folder: Path | None = None) -> str:
     data = json.loads(json.dumps(standalone._to_dict()))  # OrderedDicts -> plain mappings, order kept
     if local and folder is not None:
         data["code"] = Path(os.path.relpath(standalone.code, Path(folder).resolve())).as_posix()
-    document = {"$schema": SCHEMA, "type": data.pop("type", "command"), **data}
-    return yaml.safe_dump(document, sort_keys=False, width=10_000)
+    first = {key: data.pop(key) for key in YAML_ORDER if key in data}
+    return yaml.safe_dump({"$schema": SCHEMA, **first, **data}, sort_keys=False, width=10_000)
 
 
 def _is_remote(code: str) -> bool:
@@ -191,9 +193,9 @@ def _is_remote(code: str) -> bool:
 def job_body(job) -> dict:
     """The body ``ml_client.jobs.create_or_update`` PUTs (``to_rest_job_object``, as in ``JobOperations``), with
     placeholders for the code asset it uploads and the job name it generates."""
-    _sdk()
     from azure.ai.ml.entities._job.to_rest_functions import to_rest_job_object
 
+    quiet_sdk()
     body = rest_body(to_rest_job_object(job))
     properties = body["properties"]
     code = properties.get("codeId")
@@ -210,7 +212,7 @@ def model(job_name: str, name: str, path: str, tags: Mapping[str, str] | None = 
     the job, so the workspace records model -> job."""
     from azure.ai.ml.entities import Model
 
-    _sdk()
+    quiet_sdk()
     return Model(name=name, type="custom_model", path=MODEL_URI.format(job=job_name, path=path.strip("/")),
                  tags=dict(tags or {}))
 
