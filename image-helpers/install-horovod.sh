@@ -17,6 +17,14 @@ if [ -z "$version" ]; then
     echo "Horovod: not installed (horovod_version is empty)"
     exit 0
 fi
+# Horovod's MPI build finds OpenMPI through mpicc, and MPI launches start mpirun by name: both must be on PATH.
+# Checked first, so that a base without them fails in one line, not in CMake's output minutes later.
+missing=""
+for tool in mpirun mpicc; do command -v "$tool" >/dev/null || missing="$missing${missing:+/}$tool"; done
+if [ -n "$missing" ]; then
+    echo "error: $missing not found on PATH (/usr/local/openmpi/bin, where the openmpi5.0 bases have it, included): Horovod $version builds against the base's OpenMPI; use a base with OpenMPI or set images.<target>.horovod_version to \"\"" >&2
+    exit 1
+fi
 
 if [ -f /run/secrets/pip.conf ]; then export PIP_CONFIG_FILE=/run/secrets/pip.conf; fi
 if [ -f /run/secrets/ca-bundle ]; then
