@@ -6,8 +6,6 @@ must end in one ``error:`` line before anything would be contacted.
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from tests.unit.test_tasks import ENGINE_DOWN, invoke, task_names
@@ -30,12 +28,6 @@ def one_line_error(result, *fragments: str) -> None:
         assert fragment in result.stderr, result.stderr
 
 
-@pytest.fixture
-def workspace_config(tmp_path):
-    path = tmp_path / "config.json"
-    path.write_text(json.dumps({"subscription_id": "00000000-1111-2222-3333-444444444444",
-                                "resource_group": "rg", "workspace_name": "ws"}))
-    return {"INVOKE_AZURE_CONFIG_FILE": str(path)}
 
 
 def test_the_azure_tasks_exist():

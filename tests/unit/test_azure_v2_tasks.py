@@ -29,12 +29,6 @@ MODES = {
 }
 
 
-@pytest.fixture
-def workspace_config(tmp_path):
-    path = tmp_path / "config.json"
-    path.write_text(json.dumps({"subscription_id": "00000000-1111-2222-3333-444444444444",
-                                "resource_group": "rg", "workspace_name": "ws"}))
-    return {"INVOKE_AZURE_CONFIG_FILE": str(path)}
 
 
 def load_job(text: str, folder):
