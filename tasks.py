@@ -196,6 +196,16 @@ def _session(c, sdk=None):
     return flow.AzureSession(settings.from_config(c.config, sdk), ROOT)
 
 
+def _describe_or_execute(request, dry_run: bool) -> None:
+    """A prepared Azure request: printed (--dry-run: plain data, nothing contacted) or carried out."""
+    if not dry_run:
+        request.execute()
+    elif isinstance(request.describe(), list):
+        print("\n".join(request.describe()))
+    else:
+        _print_yaml(request.describe())
+
+
 def _image(c, session, target):
     from amltrain.azure import flow
 
@@ -214,7 +224,7 @@ def push(c, target=None, sdk=None, dry_run=False):
 
     session = _session(c, sdk)
     request = flow.prepare_push(session, _image(c, session, target))
-    _print_yaml(request.describe()) if dry_run else request.execute()
+    _describe_or_execute(request, dry_run)
 
 
 @task(help={"target": "Image flavour whose pushed image to register (default: job.target)", "sdk": SDK_HELP,
@@ -227,7 +237,7 @@ def register(c, target=None, sdk=None, dry_run=False):
     session = _session(c, sdk)
     request = flow.prepare_register(session, _image(c, session, target), offline=dry_run)
     session.warn(request.warnings)
-    _print_yaml(request.describe()) if dry_run else request.execute()
+    _describe_or_execute(request, dry_run)
 
 
 @task(help={"name": "Cluster name (default: azure.compute); its azure.computes entry gives the defaults",
@@ -252,7 +262,7 @@ def compute(c, name=None, vm_size=None, min_nodes=None, max_nodes=None, idle_sec
                                       min_nodes=min_nodes, max_nodes=max_nodes, idle_seconds=idle_seconds,
                                       priority=priority, identity=identity)
     request = flow.prepare_compute(session, spec)
-    _print_yaml(request.describe()) if dry_run else request.execute()
+    _describe_or_execute(request, dry_run)
 
 
 @task(iterable=["input", "env"],
@@ -328,7 +338,7 @@ def model(c, run=None, register=None, download=None, path=None, sdk=None, dry_ru
     from amltrain.azure import flow
 
     request = flow.prepare_model(_session(c, sdk), run or "", register, download, path)
-    print("\n".join(request.describe())) if dry_run else request.execute()
+    _describe_or_execute(request, dry_run)
 
 
 def _run_local(c, *, target, script, args, inputs, env, user, dry_run, inputs_made_later=False, baked=False,
