@@ -133,7 +133,7 @@ class ContainerRequest:
     labels: Mapping[str, str]
     gpus: str = ""  # "" none, "all", or device ids "0,1"
     network: str = ""  # the run's private network; ``hostname`` is this container's name on it
-    plan: str = ""  # JSON: what the in-container launcher starts (amltrain/launcher.py)
+    plan: str = ""  # JSON: what the in-container launcher starts (amltrain/local/launcher.py)
 
 
 @dataclass(frozen=True)

@@ -126,7 +126,7 @@ def user_command(job: JobSpec) -> list[str]:
 
 
 def node_plan(job: JobSpec, node_rank: int, settings: LocalSettings) -> dict:
-    """What the launcher in this node's container starts (``amltrain/launcher.py`` reads it as JSON)."""
+    """What the launcher in this node's container starts (``amltrain/local/launcher.py`` reads it as JSON)."""
     d = job.distribution
     logs = f"{WORKDIR}/logs/user_logs"
     plan = {"node_rank": node_rank, "prefix": not d.single_process, "status_dir": STATUS_DIR}
