@@ -1,6 +1,6 @@
 """Frozen, I/O-free descriptions of what to build and what to run.
 
-``config`` makes them from invoke configuration and task options; ``images`` and ``localrun`` turn them
+``config`` makes them from invoke configuration and task options; ``images`` and ``local.request`` turn them
 into requests (plain data, what ``--dry-run`` prints) and execute those. Nothing here touches Docker.
 """
 

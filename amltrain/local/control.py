@@ -1,7 +1,7 @@
 """Find, follow and cancel local runs from any shell, with no state of our own.
 
 A running run is its containers and network, found by the ``amltrain.run-id`` label (TorchX's stateless
-control plane); a finished run is its folder, ``runs/<id>/``, whose ``result.json`` ``localrun`` writes
+control plane); a finished run is its folder, ``runs/<id>/``, whose ``result.json`` ``executor`` writes
 at the end and whose ``logs/user_logs/`` hold every rank's log.
 """
 

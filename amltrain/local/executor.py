@@ -1,6 +1,6 @@
 """Run a local request with docker-py: the gang of containers, their output, their end, and the cleanup.
 
-``localrun`` says what to run (pure data); this module runs it. A run that started keeps its folder
+``request`` says what to run (pure data); this module runs it. A run that started keeps its folder
 whatever happens after (outputs, logs, ``result.json``); one that never started leaves nothing behind.
 Whatever ends the run (its processes, a failure, Ctrl-C, SIGTERM, `invoke local-cancel`), every
 container gets SIGTERM first, so scripts can save what they have, and then the run's containers and

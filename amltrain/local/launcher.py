@@ -1,6 +1,6 @@
 """Inside each container of a local run: start the job's processes the way Azure ML starts them.
 
-It runs with the image's own ``python`` and the standard library only: ``localrun`` copies this file and
+It runs with the image's own ``python`` and the standard library only: ``executor`` copies this file and
 the container's plan (``plan.json``, made on the host, printed by ``--dry-run``) into
 ``/mnt/azureml/.amltrain/`` next to the snapshot, so images need nothing of ours. Modes:
 

@@ -9,7 +9,7 @@ mode. In each container ``launcher.py`` starts the processes as Azure ML would (
 or through mpirun) from a plan made here. Containers and network carry the run id as a label, so later
 tasks can find, follow and cancel a run from any shell.
 
-Everything here is pure: ``local_request`` is what ``--dry-run`` prints (``describe``); ``localexec``
+Everything here is pure: ``local_request`` is what ``--dry-run`` prints (``describe``); ``executor``
 runs it.
 """
 
