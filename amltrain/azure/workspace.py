@@ -48,6 +48,7 @@ OIDC_HINT = ("check the app's federated credential (issuer https://token.actions
 NO_WORKSPACE_HINT = ("download config.json from the workspace's page in the Azure portal into the project "
                      "(or .azureml/), or set azure.subscription_id, azure.resource_group and azure.workspace_name "
                      "(INVOKE_AZURE_SUBSCRIPTION_ID, …)")
+ACR_EXCHANGE_HINT = "your identity needs AcrPush on the registry"
 LOGIN_HINT = ("run `az login` (or set AZURE_CLIENT_ID, AZURE_TENANT_ID and AZURE_CLIENT_SECRET for a service "
               "principal)")
 
@@ -180,8 +181,9 @@ def _http_json(request: urllib.request.Request, what: str, hint: str) -> dict:
     return body
 
 
-def github_oidc_arm_token(environ: Mapping[str, str]) -> str:
-    """A new GitHub Actions ID token for Entra's token exchange, then an ARM token for the app it federates."""
+def github_id_token(environ: Mapping[str, str]) -> str:
+    """A new GitHub Actions ID token for Entra's token exchange (the client assertion of a federated app): both
+    SDKs ask for one whenever Azure's token gets old."""
     url = environ["ACTIONS_ID_TOKEN_REQUEST_URL"]
     url += ("&" if "?" in url else "?") + urllib.parse.urlencode({"audience": TOKEN_EXCHANGE_AUDIENCE})
     asked = urllib.request.Request(url, headers={
@@ -190,6 +192,12 @@ def github_oidc_arm_token(environ: Mapping[str, str]) -> str:
                            "the job needs `permissions: id-token: write`").get("value", "")
     if not assertion:
         raise ToolkitError("GitHub gave no ID token", "the job needs `permissions: id-token: write`")
+    return assertion
+
+
+def github_oidc_arm_token(environ: Mapping[str, str]) -> str:
+    """A new GitHub Actions ID token exchanged at Entra for an ARM token of the app it federates (SDK v1)."""
+    assertion = github_id_token(environ)
     authority = environ.get("AZURE_AUTHORITY_HOST", "https://login.microsoftonline.com").rstrip("/")
     form = urllib.parse.urlencode({
         "client_id": environ["AZURE_CLIENT_ID"], "scope": ARM_SCOPE, "grant_type": "client_credentials",
@@ -201,6 +209,19 @@ def github_oidc_arm_token(environ: Mapping[str, str]) -> str:
     if not token:
         raise ToolkitError("Entra ID answered without an access token", OIDC_HINT)
     return token
+
+
+def acr_refresh_token(login_server: str, arm_token: str) -> str:
+    """ACR's documented AAD exchange (POST /oauth2/exchange): an ARM token for an ACR refresh token, which
+    ``docker login`` takes as the password of user 00000000-0000-0000-0000-000000000000 (as az acr login)."""
+    import requests
+
+    response = requests.post(f"https://{login_server}/oauth2/exchange", timeout=60, data={
+        "grant_type": "access_token", "service": login_server, "access_token": arm_token})
+    if response.status_code != 200:
+        raise ToolkitError(f"{login_server} refused the AAD token exchange (HTTP {response.status_code})",
+                           ACR_EXCHANGE_HINT)
+    return response.json()["refresh_token"]
 
 
 def cli_arm_token() -> str:

@@ -12,7 +12,7 @@ from ...errors import ToolkitError
 from ...signals import signals_as_interrupts
 from ..backend import QUOTA_HINT, ComputeInfo, EnvironmentInfo, RunInfo, azure_errors, azure_message
 from ..settings import AzureSettings, WorkspaceRef
-from ..workspace import auth_mode, make_auth, workspace_ref
+from ..workspace import ACR_EXCHANGE_HINT, acr_refresh_token, auth_mode, make_auth, workspace_ref
 
 
 def connect(settings: AzureSettings, start: Path) -> WorkspaceBackend:
@@ -55,19 +55,10 @@ class WorkspaceBackend:
             return credentials["username"], credentials["passwords"][0]["value"]
 
     def acr_refresh_token(self, login_server: str) -> str:
-        """ACR's documented AAD exchange (POST /oauth2/exchange): an ARM token for an ACR refresh token, which
-        ``docker login`` takes as the password of user 00000000-0000-0000-0000-000000000000 (as az acr login)."""
-        import requests
-
-        with azure_errors(f"exchanging an AAD token for a registry token at {login_server}",
-                          "your identity needs AcrPush on the registry"):
+        """The workspace credential's ARM token exchanged for an ACR refresh token (``workspace.acr_refresh_token``)."""
+        with azure_errors(f"exchanging an AAD token for a registry token at {login_server}", ACR_EXCHANGE_HINT):
             arm_token = self._auth.get_authentication_header()["Authorization"].split(" ", 1)[1]
-            response = requests.post(f"https://{login_server}/oauth2/exchange", timeout=60, data={
-                "grant_type": "access_token", "service": login_server, "access_token": arm_token})
-            if response.status_code != 200:
-                raise ToolkitError(f"{login_server} refused the AAD token exchange (HTTP {response.status_code})",
-                                   "your identity needs AcrPush on the registry")
-            return response.json()["refresh_token"]
+            return acr_refresh_token(login_server, arm_token)
 
     # --- environments ---------------------------------------------------------------------------------------
     def get_environment(self, name: str, version: str) -> EnvironmentInfo | None:

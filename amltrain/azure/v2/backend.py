@@ -15,8 +15,6 @@ import os
 import shutil
 import signal
 import time
-import urllib.parse
-import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -25,13 +23,14 @@ from ...signals import signals_as_interrupts
 from ..backend import QUOTA_HINT, ComputeInfo, EnvironmentInfo, RunInfo, azure_errors, azure_message
 from ..settings import AzureSettings, WorkspaceRef
 from ..workspace import (
+    ACR_EXCHANGE_HINT,
     ARM_SCOPE,
     GITHUB_OIDC_VARS,
     LOGIN_HINT,
     SP_VARS,
-    TOKEN_EXCHANGE_AUDIENCE,
-    _http_json,
+    acr_refresh_token,
     auth_mode,
+    github_id_token,
     workspace_ref,
 )
 from .build import model, quiet_sdk
@@ -72,18 +71,6 @@ def _require(environ: Mapping[str, str], names: tuple[str, ...], mode: str, hint
     missing = [name for name in names if not environ.get(name)]
     if missing:
         raise ToolkitError(f"{mode} auth needs {', '.join(missing)}", hint)
-
-
-def github_id_token(environ: Mapping[str, str]) -> str:
-    """A new GitHub Actions ID token for Entra's token exchange (the client assertion of a federated app)."""
-    url = environ["ACTIONS_ID_TOKEN_REQUEST_URL"]
-    url += ("&" if "?" in url else "?") + urllib.parse.urlencode({"audience": TOKEN_EXCHANGE_AUDIENCE})
-    asked = urllib.request.Request(url, headers={
-        "Authorization": f"bearer {environ['ACTIONS_ID_TOKEN_REQUEST_TOKEN']}", "Accept": "application/json"})
-    token = _http_json(asked, "asking GitHub for an ID token", "the job needs `permissions: id-token: write`")
-    if not token.get("value"):
-        raise ToolkitError("GitHub gave no ID token", "the job needs `permissions: id-token: write`")
-    return token["value"]
 
 
 def connect(settings: AzureSettings, start: Path) -> MLClientBackend:
@@ -134,19 +121,9 @@ class MLClientBackend:
         return keys.username, str(getattr(password, "value", password))
 
     def acr_refresh_token(self, login_server: str) -> str:
-        """ACR's documented AAD exchange (POST /oauth2/exchange): an ARM token for an ACR refresh token, which
-        ``docker login`` takes as the password of user 00000000-0000-0000-0000-000000000000 (as az acr login)."""
-        import requests
-
-        hint = "your identity needs AcrPush on the registry"
-        with azure_errors(f"exchanging an AAD token for a registry token at {login_server}", hint):
-            arm_token = self._credential.get_token(ARM_SCOPE).token
-            response = requests.post(f"https://{login_server}/oauth2/exchange", timeout=60, data={
-                "grant_type": "access_token", "service": login_server, "access_token": arm_token})
-            if response.status_code != 200:
-                raise ToolkitError(f"{login_server} refused the AAD token exchange (HTTP {response.status_code})",
-                                   hint)
-            return response.json()["refresh_token"]
+        """The credential's ARM token exchanged for an ACR refresh token (``workspace.acr_refresh_token``)."""
+        with azure_errors(f"exchanging an AAD token for a registry token at {login_server}", ACR_EXCHANGE_HINT):
+            return acr_refresh_token(login_server, self._credential.get_token(ARM_SCOPE).token)
 
     # --- environments ---------------------------------------------------------------------------------------
     def get_environment(self, name: str, version: str) -> EnvironmentInfo | None:
