@@ -94,7 +94,7 @@ class ImageChoice:
 def image_choice(cfg, target: str | None, root: Path) -> ImageChoice:
     target = target or str(config.section(cfg, "job").get("target") or "cpu")
     spec = config.image_spec(cfg, target, root)
-    gpu = bool(config.section(config.section(cfg, "images"), target).get("gpu"))
+    gpu = bool(config.section(cfg, f"images.{target}").get("gpu"))
     return ImageChoice(target, images.image_ref(spec), gpu, tuple(preflight.check_base_image(spec.base_image, gpu)))
 
 

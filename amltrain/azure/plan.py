@@ -66,6 +66,8 @@ def plan(job: JobSpec, settings: AzureSettings, compute: str | None, inputs: Ite
         check_references(text, remote)
     names = snapshot.files(job.source_dir)
     size = snapshot.check_limits(job.source_dir, names)
+    if not job.command:
+        snapshot.check_script(job.source_dir, job.script, names)
     return Plan(job=job, compute=spec, inputs=remote, communication=communication, snapshot_files=len(names),
                 snapshot_bytes=size, warnings=tuple(warnings))
 

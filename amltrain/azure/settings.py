@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import SIZE, choice, flag, key_values, section, whole
+from ..config import choice, flag, key_values, number, section, size, whole
 from ..errors import ToolkitError
 from ..spec import frozen_map
 from .preflight import check_name
@@ -80,20 +80,12 @@ def from_config(cfg: Mapping[str, Any], sdk: str | None = None) -> AzureSettings
     """``azure:`` as validated settings. Reads no file and contacts nothing (the workspace config.json is
     searched later, by ``amltrain.azure.workspace``, only by the tasks that need a workspace)."""
     azure = section(cfg, "azure")
-    registry = section(azure, "registry")
-    push = section(azure, "push")
-    submit = section(azure, "submit")
-    shm_size = str(submit.get("shm_size") or "2g")
-    if not SIZE.fullmatch(shm_size):
-        raise ToolkitError(f"azure.submit.shm_size {shm_size!r} is not a size", "e.g. 2g, 16g")
-    try:
-        backoff = float(push.get("backoff_seconds", 2))
-    except (TypeError, ValueError):
-        backoff = -1.0
-    if backoff < 0:
-        raise ToolkitError(f"azure.push.backoff_seconds {push.get('backoff_seconds')!r} is not a number of "
-                           "seconds", "e.g. 2")
-    computes = {name: _declared_compute(name, body) for name, body in section(azure, "computes").items()}
+    registry = section(cfg, "azure.registry")
+    push = section(cfg, "azure.push")
+    submit = section(cfg, "azure.submit")
+    shm_size = size(submit.get("shm_size"), "azure.submit.shm_size")
+    backoff = number(push.get("backoff_seconds", 2), "azure.push.backoff_seconds", 0, "seconds, e.g. 2")
+    computes = {name: _declared_compute(name, body) for name, body in section(cfg, "azure.computes").items()}
     return AzureSettings(
         sdk=choice(sdk or azure.get("sdk"), "azure.sdk (or --sdk)", SDKS, "v2"),
         subscription_id=str(azure.get("subscription_id") or ""),
@@ -109,14 +101,14 @@ def from_config(cfg: Mapping[str, Any], sdk: str | None = None) -> AzureSettings
         ),
         push_retries=whole(push.get("retries", 3), "azure.push.retries"),
         push_backoff_seconds=backoff,
-        environment_name=str(section(azure, "environment").get("name") or ""),
+        environment_name=str(section(cfg, "azure.environment").get("name") or ""),
         compute=str(azure.get("compute") or ""),
         instance_type=str(azure.get("instance_type") or ""),
         computes=frozen_map(computes),
         shm_size=shm_size,
         max_run_duration_seconds=whole(submit.get("max_run_duration_seconds", 86400),
                                         "azure.submit.max_run_duration_seconds", 1),
-        inputs=frozen_map(key_values((f"{k}={v}" for k, v in section(submit, "inputs").items()), "input")),
+        inputs=frozen_map(key_values((f"{k}={v}" for k, v in section(cfg, "azure.submit.inputs").items()), "input")),
     )
 
 
@@ -133,13 +125,17 @@ def compute_spec(name: str, configured: Mapping[str, Any] | None = None, *, vm_s
     """A cluster from its declaration (``azure.computes.NAME``) with task options winning."""
     configured = configured or {}
     check_name(name, "compute", "--name, azure.compute or azure.computes")
+
+    def option(value, key: str, default):  # the option when given, else the declaration; named as given
+        return (value, f"--{key.replace('_', '-')}") if value is not None else \
+            (configured.get(key, default), f"azure.computes.{name}.{key}")
+
     spec = ComputeSpec(
         name=name,
         vm_size=str(vm_size or configured.get("vm_size") or ""),
-        min_nodes=whole(min_nodes if min_nodes is not None else configured.get("min_nodes", 0), "min-nodes"),
-        max_nodes=whole(max_nodes if max_nodes is not None else configured.get("max_nodes", 4), "max-nodes", 1),
-        idle_seconds=whole(idle_seconds if idle_seconds is not None else configured.get("idle_seconds", 1800),
-                            "idle-seconds"),
+        min_nodes=whole(*option(min_nodes, "min_nodes", 0)),
+        max_nodes=whole(*option(max_nodes, "max_nodes", 4), 1),
+        idle_seconds=whole(*option(idle_seconds, "idle_seconds", 1800)),
         low_priority=flag(low_priority if low_priority is not None else configured.get("low_priority")),
         identity=_identity(identity if identity is not None else configured.get("identity"), name),
         declared=declared,

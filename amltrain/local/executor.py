@@ -41,9 +41,10 @@ class Outcome:
     cleanup_problems: list[str] = field(default_factory=list)
 
 
-def run(request: LocalRequest, out=None) -> None:
+def run(request: LocalRequest, out=None, announce: str = "") -> None:
     """Start one container per node, stream every rank's output, stop the whole gang when any part fails
-    or is interrupted, and clean up always; raises ``ToolkitError`` with the failed rank's exit code."""
+    or is interrupted, and clean up always; raises ``ToolkitError`` with the failed rank's exit code.
+    ``announce`` is printed once the run's folder exists (a run id printed earlier could name nothing)."""
     import docker
 
     client = engine.connect()
@@ -58,6 +59,8 @@ def run(request: LocalRequest, out=None) -> None:
         archive = snapshot.tar_archive(request.snapshot_dir, request.snapshot_files, WORKDIR, uid, gid)
     token = secrets.token_hex(32)  # authenticates mpirun's agent; exists only inside the run's containers
     _make_run_dir(request, uid, gid)
+    if announce:
+        print(announce, file=out or sys.stdout, flush=True)
     started_at, containers, outcome, started = time.time(), [], None, False
     with signals_as_interrupts():
         try:
