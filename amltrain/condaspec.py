@@ -74,15 +74,12 @@ def parse(text: str, path: str = "<spec>") -> CondaSpec:
         raise CondaSpecError(f"conda spec {path} is not valid YAML{where}: {problem}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("dependencies"), list):
         raise CondaSpecError(f"conda spec {path} has no 'dependencies:' list")
-    conda, pip, python, pinned = [], [], "", ""
+    conda, pip, python = [], [], ""
     for entry in doc["dependencies"]:
         if isinstance(entry, str):
             name = _package_name(entry)
             if name == "python":
-                if pinned:  # conda would solve for both; keeping one silently would check the wrong version
-                    raise CondaSpecError(f"conda spec {path} names python twice ({pinned!r}, {entry.strip()!r})")
-                pinned = entry.strip()
-                python = pinned.split("::")[-1][len("python"):].strip()
+                python = entry.strip().split("::")[-1][len("python"):].strip()
             elif name not in INTERPRETER_PACKAGES:
                 conda.append(entry.strip())
         elif isinstance(entry, dict) and set(entry) == {"pip"} and isinstance(entry["pip"], list):

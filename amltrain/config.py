@@ -120,9 +120,9 @@ class ProjectConfig(invoke.Config):
 def _check_config_file(path: str) -> None:
     """The file of ``invoke -f`` (or INVOKE_RUNTIME_CONFIG) must exist: invoke would skip a missing one."""
     given = Path(os.path.expanduser(path))
-    if given.is_dir():
+    if snapshot.present(given, Path.is_dir):
         raise ToolkitError(f"configuration file {path} is a folder", "give invoke -f a YAML file")
-    if not given.is_file():
+    if not snapshot.present(given, Path.is_file):
         raise ToolkitError(f"configuration file {path} does not exist",
                            "check the path given with -f (or INVOKE_RUNTIME_CONFIG)")
 
@@ -235,17 +235,20 @@ def image_spec(cfg: Mapping[str, Any], target: str, root: Path) -> ImageSpec:
     images = section(cfg, "images")
     image = images[target]
     dockerfile = root / str(image.get("dockerfile") or f"Dockerfile.{target}")
-    if not dockerfile.is_file():
+    if not snapshot.present(dockerfile, Path.is_file):
         raise ToolkitError(f"Dockerfile {dockerfile} for target {target!r} does not exist",
                            f"set images.{target}.dockerfile")
     conda_spec = (root / str(image.get("conda") or f"conda/{target}.yml")).resolve()
     if not conda_spec.is_relative_to((root / "conda").resolve()):
         raise ToolkitError(f"conda spec {conda_spec} is outside {root / 'conda'}",
                            "the build mounts only conda/: put the spec there")
+    if not snapshot.present(conda_spec, Path.is_file):  # condaspec would raise on a name the system refuses
+        raise ToolkitError(f"conda spec {conda_spec} does not exist", f"fix it or set images.{target}.conda")
     try:
         condaspec.load(conda_spec)
     except condaspec.CondaSpecError as exc:
         raise ToolkitError(str(exc), f"fix it or set images.{target}.conda") from None
+    _one_python_pin(conda_spec)
     base = str(image.get("base_image") or "")
     if not base:
         raise ToolkitError(f"images.{target}.base_image is not set", "set it in invoke.yaml or INVOKE_IMAGES_*")
@@ -268,6 +271,19 @@ def image_spec(cfg: Mapping[str, Any], target: str, root: Path) -> ImageSpec:
     )
 
 
+def _one_python_pin(path: Path) -> None:
+    """A spec names python once: with two pins, conda would solve for both, while the build checks the base's
+    interpreter against one of them. Checked here rather than in condaspec.py, whose bytes are part of every
+    image tag (a check there would rebuild every image); the spec is valid YAML by now."""
+    import yaml
+
+    entries = yaml.safe_load(path.read_text(encoding="utf-8"))["dependencies"]
+    pins = [e.strip() for e in entries if isinstance(e, str) and condaspec._package_name(e) == "python"]
+    if len(pins) > 1:
+        raise ToolkitError(f"conda spec {path} names python {len(pins)} times ({', '.join(pins)})",
+                           "keep one python entry")
+
+
 def _horovod_sha256(image: Mapping[str, Any], target: str) -> str:
     """The sdist is built into the image: its hash is pinned like any other input of the build."""
     version, sha256 = str(image.get("horovod_version") or ""), str(image.get("horovod_sha256") or "").lower()
@@ -288,10 +304,10 @@ def _horovod_gpu_operations(value: Any, target: str) -> str:
 def build_settings(cfg: Mapping[str, Any]) -> BuildSettings:
     build = section(cfg, "build")
     ca_bundle = str(build.get("ca_bundle") or "")
-    if ca_bundle and not Path(os.path.expanduser(ca_bundle)).is_file():
+    if ca_bundle and not snapshot.present(Path(os.path.expanduser(ca_bundle)), Path.is_file):
         raise ToolkitError(f"build.ca_bundle {ca_bundle} does not exist", "point it at a PEM bundle or unset it")
     wheelhouse = str(build.get("wheelhouse") or "")
-    if wheelhouse and not Path(os.path.expanduser(wheelhouse)).is_dir():
+    if wheelhouse and not snapshot.present(Path(os.path.expanduser(wheelhouse)), Path.is_dir):
         raise ToolkitError(f"build.wheelhouse {wheelhouse} is not a directory", "point it at a folder of wheels")
     return BuildSettings(
         wheelhouse=str(Path(os.path.expanduser(wheelhouse)).resolve()) if wheelhouse else "",
@@ -329,7 +345,7 @@ def job_spec(
     """
     job = section(cfg, "job")
     source_dir = (root / os.path.expanduser(str(job.get("source_dir") or "."))).resolve()
-    if not source_dir.is_dir():
+    if not snapshot.present(source_dir, Path.is_dir):
         raise ToolkitError(f"source directory {source_dir} does not exist or is not a folder", "set job.source_dir")
     command = str(command if command is not None else job.get("command") or "").strip()
     distribution = distribution_spec(section(cfg, "job.distribution"), launch=launch, nodes=nodes,
@@ -347,7 +363,7 @@ def job_spec(
             raise ToolkitError(f"data input {name!r} is a URL ({path}): run-local mounts local folders",
                                "download it first and give --input NAME=DIR")
         local = (root / os.path.expanduser(str(path))).resolve()
-        if require_inputs and not local.is_dir():
+        if require_inputs and not snapshot.present(local, Path.is_dir):
             raise ToolkitError(f"data input {name!r}: {local} is not a directory", "check --input NAME=DIR")
         resolved[name] = local
     return JobSpec(

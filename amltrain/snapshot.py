@@ -37,6 +37,15 @@ def ignore_patterns(source_dir: Path) -> list[str]:
                            "it must be a readable UTF-8 text file of gitignore patterns") from None
 
 
+def present(path: Path, check=Path.exists) -> bool:
+    """``path.exists()`` (or ``is_file``, ``is_dir``) that takes a name the system refuses (too long, not
+    searchable) as not there, instead of raising: the paths checked come from users."""
+    try:
+        return check(path)
+    except OSError:
+        return False
+
+
 def script_path(source_dir: Path, script: str) -> str:
     """The job's script as the snapshot names it (relative, POSIX); refused when it is not inside the source
     directory, which is all Azure ML uploads. Both backends take the script from here."""
@@ -45,7 +54,7 @@ def script_path(source_dir: Path, script: str) -> str:
         raise ToolkitError(f"script {script} is outside the source directory {source_dir}",
                            "Azure ML uploads only job.source_dir: move the script into it, or set job.source_dir "
                            "to a folder that holds it")
-    if not path.is_file():
+    if not present(path, Path.is_file):
         raise ToolkitError(f"script {script} not found in source directory {source_dir}",
                            "the script path is relative to job.source_dir")
     return path.relative_to(source_dir).as_posix()

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from ..errors import ToolkitError
+from ..errors import ToolkitError, cut
 from ..masking import mask_url_credentials
 from .settings import WorkspaceRef
 from .workspace import LOGIN_HINT
@@ -102,7 +102,7 @@ def azure_message(exc: BaseException) -> str:
             line = f"{code.group(1)}: {line}"
     else:
         line = next((part.strip() for part in text.splitlines() if part.strip()), type(exc).__name__)
-    return mask_url_credentials(" ".join(line.split()))[:240]
+    return cut(mask_url_credentials(line), 240)
 
 
 def azure_hint(exc: BaseException, default: str = "") -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .. import config, engine, images
 from ..errors import ToolkitError
-from ..masking import masked
+from ..masking import mask_text, masked
 from ..registry import KnownImage, local_image, push, pushed_image
 from ..spec import JobSpec
 from . import acr, compute, environment, model, preflight, submit, workspace
@@ -78,7 +78,7 @@ class AzureSession:
 
     def warn(self, lines) -> None:
         for line in lines:
-            print(f"{self.warning_prefix}{line}", file=self.out, flush=True)
+            print(f"{self.warning_prefix}{mask_text(line)}", file=self.out, flush=True)
 
 
 @dataclass(frozen=True)
@@ -286,8 +286,12 @@ def prepare_submit(session: AzureSession, job: JobSpec, image: ImageChoice, *, o
 def check_writable(path: Path, what: str) -> None:
     """Before anything is started: a file to append to later must be writable (else one line now)."""
     folder = path.parent if str(path.parent) else Path(".")
-    writable = os.access(path, os.W_OK) if path.exists() else folder.is_dir() and os.access(folder, os.W_OK)
-    if path.is_dir() or not writable:
+    try:
+        writable = os.access(path, os.W_OK) if path.exists() else folder.is_dir() and os.access(folder, os.W_OK)
+        writable = writable and not path.is_dir()
+    except OSError:  # a name the system refuses (too long)
+        writable = False
+    if not writable:
         raise ToolkitError(f"cannot write the {what} {path}", "give a writable file path")
 
 

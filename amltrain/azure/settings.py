@@ -86,6 +86,11 @@ def from_config(cfg: Mapping[str, Any], sdk: str | None = None) -> AzureSettings
     shm_size = size(submit.get("shm_size"), "azure.submit.shm_size")
     backoff = number(push.get("backoff_seconds", 2), "azure.push.backoff_seconds", 0, "seconds, e.g. 2")
     computes = {name: _declared_compute(name, body) for name, body in section(cfg, "azure.computes").items()}
+    address = str(registry.get("address") or "").strip().rstrip("/")
+    if "@" in address:  # user:password@host would be printed by every dry run and kept in the Environment
+        raise ToolkitError("azure.registry.address carries credentials",
+                           f"give the host only; for a password: azure.registry.auth basic, azure.registry.username "
+                           f"and ${REGISTRY_PASSWORD_ENV}")
     return AzureSettings(
         sdk=choice(sdk or azure.get("sdk"), "azure.sdk (or --sdk)", SDKS, "v2"),
         subscription_id=str(azure.get("subscription_id") or ""),
@@ -94,7 +99,7 @@ def from_config(cfg: Mapping[str, Any], sdk: str | None = None) -> AzureSettings
         config_file=str(azure.get("config_file") or ""),
         auth=choice(azure.get("auth"), "azure.auth", AUTH_MODES, "auto"),
         registry=RegistrySettings(
-            address=str(registry.get("address") or "").strip().rstrip("/"),
+            address=address,
             repository=str(registry.get("repository") or section(cfg, "images").get("repository") or "amltrain"),
             auth=choice(registry.get("auth"), "azure.registry.auth", REGISTRY_AUTH_MODES, "aad"),
             username=str(registry.get("username") or ""),

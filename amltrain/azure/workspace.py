@@ -30,7 +30,8 @@ import urllib.request
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from ..errors import ToolkitError
+from ..errors import ToolkitError, cut
+from ..snapshot import present
 from .settings import AzureSettings, WorkspaceRef
 
 # Workspace.from_config's order: each of these, in the start folder and then every folder above, before the next.
@@ -88,9 +89,9 @@ def workspace_ref(settings: AzureSettings, start: Path) -> WorkspaceRef:
                            "together", NO_WORKSPACE_HINT)
     if settings.config_file:  # a file, or a folder to search from (as from_config's path)
         path = (start / os.path.expanduser(settings.config_file)).resolve()
-        if path.is_file():
+        if present(path, Path.is_file):
             return read_config(path)
-        if not path.is_dir():
+        if not present(path, Path.is_dir):
             raise ToolkitError(f"azure.config_file {path} does not exist", NO_WORKSPACE_HINT)
         start = path
     found = find_config(start)
@@ -171,7 +172,7 @@ def _http_json(request: urllib.request.Request, what: str, hint: str) -> dict:
             body = {}
         body = body if isinstance(body, dict) else {}
         said = body.get("error_description") or body.get("message") or body.get("error") or exc.reason
-        said = str(said).strip().splitlines()[0][:300] if str(said).strip() else f"HTTP {exc.code}"
+        said = cut(str(said).strip().splitlines()[0]) if str(said).strip() else f"HTTP {exc.code}"
         raise ToolkitError(f"{what} was refused (HTTP {exc.code}): {said}", hint) from None
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
@@ -239,6 +240,6 @@ def cli_arm_token() -> str:
                             timeout=120)
     token = result.stdout.strip()
     if result.returncode != 0 or not token:
-        reason = (result.stderr.strip().splitlines() or ["no token"])[-1][:200]
+        reason = cut((result.stderr.strip().splitlines() or ["no token"])[-1], 200)
         raise ToolkitError(f"the Azure CLI gave no token: {reason}", LOGIN_HINT)
     return token

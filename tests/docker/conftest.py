@@ -9,13 +9,12 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import sys
 
 import pytest
 
 from amltrain import engine
 from amltrain.errors import ToolkitError
-from tests.conftest import ROOT
+from tests.conftest import CLI, ROOT
 
 PROBE_DIR = "tests/docker/probe"
 
@@ -38,7 +37,7 @@ def docker_client():
 
 def invoke(*args: str, env: dict | None = None, timeout: float = 1800) -> subprocess.CompletedProcess:
     """Run an invoke task the way a user does, from the project root."""
-    return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=ROOT, capture_output=True, text=True,
+    return subprocess.run([CLI, *args], cwd=ROOT, capture_output=True, text=True,
                           env={**os.environ, **(env or {})}, timeout=timeout)
 
 
