@@ -70,6 +70,9 @@ class AmltrainProgram(Program):
             print(error_line(str(exc)), file=sys.stderr)
             if exit:
                 sys.exit(exc.exit_code)
+        except BrokenPipeError:  # `invoke --list | head`: the reader left; end as a process killed by SIGPIPE would
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
+            sys.exit(141)
 
     def parse_core(self, argv) -> None:
         with _one_line():

@@ -199,3 +199,32 @@ def test_secret_looking_options_in_a_command_are_masked_when_printed():
     assert masking.mask_words(["python", "x.py", "--hf-token", "abc", "--api-key=def", "--lr", "0.1",
                                 "https://u:p@host/x"]) == \
         ["python", "x.py", "--hf-token", "****", "--api-key=****", "--lr", "0.1", "https://****@host/x"]
+
+
+def test_a_secret_inside_the_sh_c_word_is_masked_where_the_request_is_printed_and_recorded(job, settings):
+    command = replace(job, script="", command="torchrun x.py --hf-token s3cr3t --data 'a b' HF_TOKEN=s3cr3t",
+                      distribution=Distribution("per-node", 2, 1))
+    described = localrun.describe(localrun.local_request(command, "img", settings))  # also request.json's body
+    assert "s3cr3t" not in json.dumps(described)
+    sh_c = described["containers"][0]["processes"][0]["command"]
+    assert sh_c == ["/bin/sh", "-c", "torchrun x.py --hf-token **** --data 'a b' HF_TOKEN=****"]
+    mpi = localrun.describe(localrun.local_request(replace(command, distribution=Distribution("mpi", 2, 1)), "img",
+                                                   settings))
+    assert "s3cr3t" not in json.dumps(mpi)
+
+
+@pytest.mark.parametrize("line, shown", [
+    ("a --token 'x y' b", "a --token **** b"),  # a quoted value is one word
+    ("a --token\t\"x\\\" y\"  b", "a --token\t****  b"),  # spacing kept
+    ("API_KEY=x ./run --password=y", "API_KEY=**** ./run --password=****"),
+    ("echo 'unbalanced --token z", "echo 'unbalanced --token ****"),
+])
+def test_shell_lines_are_masked_word_by_word_quotes_respected(line, shown):
+    assert masking.mask_command(line) == shown
+
+
+def test_error_lines_are_masked_and_cut_between_words():
+    line = masking.error_line("input 'MY-TOKEN=abc' at /w/https:/u:p@host/d " + "word " * 400)
+    assert line.startswith("error: input 'MY-TOKEN=****' at /w/https:/****@host/d word")
+    assert line.endswith(" word …") and len(line) <= masking.ERROR_LINE_LIMIT + 10
+    assert masking.error_line("image a/b:c@sha256:0123") == "error: image a/b:c@sha256:0123"  # a digest is no secret
