@@ -78,13 +78,14 @@ class ProjectConfig(invoke.Config):
             if data is not None and not isinstance(data, Mapping):
                 raise ToolkitError(f"configuration file {path} is a {type(data).__name__}, not a mapping of "
                                    "settings", "its top level must be sections like images:, job:, local:")
-            for problem in _shape_clashes(data or {}, self._config):
+            problem = next(_shape_clashes(data or {}, self._config), None)
+            if problem:
                 raise ToolkitError(f"configuration file {path}: {problem}", FILE_HINT)
         if merge:
             self.merge()
 
     def _load_yaml(self, path):
-        return _read_config(path, lambda text: invoke_yaml.safe_load(text))
+        return _read_config(path, invoke_yaml.safe_load)
 
     _load_yml = _load_yaml
 
