@@ -78,8 +78,12 @@ def test_the_dry_run_and_the_real_run_describe_the_same_job(session):
     dry = flow.prepare_submit(session, spec, session.image, offline=True, compute_name="gpu-cluster")
     real = flow.prepare_submit(session, spec, session.image, offline=False, compute_name="gpu-cluster")
     assert session.connects == [1] and dry.describe()["launch"] == real.describe()["launch"]
-    strip = json.dumps(dry.document()).replace(flow.acr.WORKSPACE_ACR, "wsacr.azurecr.io")
-    assert json.loads(strip).keys() == real.document().keys()
+    known = session.find_image(session.image)  # what the workspace and the registry told the real run
+    filled = json.dumps(dry.document()).replace(flow.acr.WORKSPACE_ACR, "wsacr.azurecr.io")
+    filled = filled.replace('"amltrain.image_id": "unknown"', f'"amltrain.image_id": "{known.image_id}"')
+    filled = filled.replace('"amltrain.image_digest": "unknown"', f'"amltrain.image_digest": "{DIGEST}"')
+    filled = filled.replace(f":{session.image.local_ref.rsplit(':', 1)[1]}", f"@{DIGEST}")  # tag -> digest
+    assert json.loads(filled) == real.document()
 
 
 def test_an_unregistered_environment_or_unpushed_image_submits_nothing(session):
@@ -104,6 +108,16 @@ def test_compute_and_model_through_the_session(session, tmp_path):
     assert ("register_model", "run-1", "pytorch-birds", "outputs/model.pt2", {"amltrain.run_id": "run-1"}) in \
         session.fake.calls
     assert (tmp_path / "model/outputs/model.pt2").read_bytes() == b"model"
+
+
+def test_an_existing_cluster_with_another_identity_is_said_so(session):
+    session.fake.computes["gpu-cluster"] = ComputeInfo("gpu-cluster", "Standard_NC48ads_A100_v4", 0, 4,
+                                                       "Succeeded", identity="")
+    spec = azure_settings.compute_for(session.settings, "gpu-cluster", identity="system")
+    flow.prepare_compute(session, spec).execute()
+    said = session.out.getvalue()
+    assert "warning: compute gpu-cluster has identity none, not system" in said and "nothing created" in said
+    assert "create_compute" not in session.fake.names()
 
 
 def test_serverless_is_v2_only_and_checks_no_cluster(session):
