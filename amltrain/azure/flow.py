@@ -44,8 +44,8 @@ class AzureSession:
     """The settings, the chosen SDK and, once asked for, the workspace: signed in at most once per task."""
 
     def __init__(self, settings: AzureSettings, root: Path, out=None, find_image=None):
-        """``find_image(ImageChoice) -> KnownImage``: how a real run finds its image (default: this Docker
-        engine, else the registry under the same tag)."""
+        """``find_image(ImageChoice, offline) -> KnownImage | None``: how a run finds its image (default: this
+        Docker engine; a real run then asks the registry under the same tag; a dry run asks nobody)."""
         self.settings = settings
         self.root = root
         self.sdk = load_sdk(settings.sdk)
@@ -73,7 +73,12 @@ class AzureSession:
             self._backend = self.sdk.connect(self.settings, self.root)
         return self._backend
 
-    def _built_or_pushed(self, image: ImageChoice) -> KnownImage:
+    def _built_or_pushed(self, image: ImageChoice, offline: bool) -> KnownImage | None:
+        if offline:  # what a dry run may know: built (and maybe pushed) by this engine; nothing without one
+            try:
+                return local_image(engine.connect(), image.local_ref, image.target)
+            except ToolkitError:
+                return None
         return acr.built_or_pushed(engine.connect(), self.settings, image.local_ref, image.target, self.backend)
 
     def warn(self, lines) -> None:
@@ -96,14 +101,6 @@ def image_choice(cfg, target: str | None, root: Path) -> ImageChoice:
     spec = config.image_spec(cfg, target, root)
     gpu = bool(config.section(config.section(cfg, "images"), target).get("gpu"))
     return ImageChoice(target, images.image_ref(spec), gpu, tuple(preflight.check_base_image(spec.base_image, gpu)))
-
-
-def _known_locally(image: ImageChoice) -> KnownImage | None:
-    """What a dry run may know of the image: built (and maybe pushed) by this engine; None without an engine."""
-    try:
-        return local_image(engine.connect(), image.local_ref, image.target)
-    except ToolkitError:
-        return None
 
 
 def _environment_ref(session: AzureSession, image: ImageChoice, known: KnownImage | None, offline: bool):
@@ -187,7 +184,7 @@ class RegisterFlow:
 def prepare_register(session: AzureSession, image: ImageChoice, offline: bool) -> RegisterFlow:
     if not offline:
         session.workspace()
-    known = _known_locally(image) if offline else session.find_image(image)
+    known = session.find_image(image, offline)
     ref = _environment_ref(session, image, known, offline)
     default = session.settings.compute
     warnings = preflight.pull_warnings(session.settings, session.settings.computes.get(default),
@@ -268,7 +265,7 @@ def prepare_submit(session: AzureSession, job: JobSpec, image: ImageChoice, *, o
         s.workspace()
         if summary:
             check_writable(Path(summary), "summary file")
-    known = _known_locally(image) if offline else s.find_image(image)
+    known = s.find_image(image, offline)
     ref = _environment_ref(s, image, known, offline)
     run_tags = tags(p, ref, known, git_commit(job.source_dir))
     request = submit.SubmitRequest(p, job.experiment, ref, s.sdk.job(p, ref, s.settings, run_tags), run_tags)

@@ -17,7 +17,7 @@ import pytest
 from amltrain import engine
 from tests.conftest import ROOT
 
-from .conftest import containers_labelled, invoke, run_dir_of
+from .conftest import containers_labelled, invoke, left_by, own_experiment, run_dir_of
 
 
 def test_smoke_trains_a_model_that_loads_without_the_training_code(cpu_image, docker_client, tmp_path):
@@ -119,12 +119,12 @@ def test_ctrl_c_stops_and_removes_the_container(cpu_image, probe_env, docker_cli
     (["--target", "tpu"], "unknown target 'tpu'"),
 ])
 def test_bad_input_is_one_line_and_starts_nothing(cpu_image, probe_env, docker_client, args, message):
-    before = len(docker_client.containers.list(all=True))
-    result = invoke("run-local", *args, env=probe_env)
+    env, experiment = own_experiment(probe_env)
+    result = invoke("run-local", *args, env=env)
     assert result.returncode != 0
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], result.stderr
-    assert len(docker_client.containers.list(all=True)) == before
+    assert left_by(docker_client, env, experiment) == ([], [], [])
 
 
 def test_an_image_that_was_not_built_is_named(probe_env, docker_client):
