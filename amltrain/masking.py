@@ -15,7 +15,7 @@ from .errors import cut
 # Azure storage (artifact, blob) URLs carry SAS tokens in their query string.
 _SAS_QUERY = re.compile(r"\?[^\s'\"()]*\bsig=[^\s'\"()]*")
 SECRET_NAME = re.compile(r"(?i)(secret|token|password|passwd|credential|api_?key|access_?key|account_?key|sas"
-                         r"|auth|connection_?string|private)")
+                         r"|auth|connection_?string|private|(^|[_-])key$)")  # …_KEY: AZURE_STORAGE_KEY, OPENAI_KEY
 SECRET_VALUE = re.compile(r"(?i)(accountkey|sharedaccesskey|sharedaccesssignature|sig)=")
 MASK = "****"
 

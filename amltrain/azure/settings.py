@@ -15,7 +15,6 @@ from .preflight import check_name
 
 SDKS = ("v2", "v1")
 AUTH_MODES = ("auto", "cli", "service-principal", "managed-identity", "github-oidc")
-REGISTRY_SDKS = ("v2", "v1")
 REGISTRY_AUTH_MODES = ("aad", "admin", "basic", "docker")
 # The one place a registry password may come from (basic auth): never a file, never an option.
 REGISTRY_PASSWORD_ENV = "AMLTRAIN_REGISTRY_PASSWORD"
@@ -130,6 +129,9 @@ def compute_spec(name: str, configured: Mapping[str, Any] | None = None, *, vm_s
     """A cluster from its declaration (``azure.computes.NAME``) with task options winning."""
     configured = configured or {}
     check_name(name, "compute", "--name, azure.compute or azure.computes")
+    if name == "serverless":
+        raise ToolkitError("serverless is not a cluster: `submit --compute serverless` needs none",
+                           "give --instance-type to submit instead, or another --name")
 
     def option(value, key: str, default):  # the option when given, else the declaration; named as given
         return (value, f"--{key.replace('_', '-')}") if value is not None else \

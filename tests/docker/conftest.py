@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import uuid
+from pathlib import Path
 
 import pytest
 
@@ -64,6 +66,22 @@ def probe_env(tmp_path) -> dict:
     """Run the probe job instead of the training job, with its runs kept under tmp_path."""
     return {"INVOKE_JOB_SOURCE_DIR": PROBE_DIR, "INVOKE_JOB_SCRIPT": "probe.py", "INVOKE_JOB_EXPERIMENT": "probe",
             "INVOKE_LOCAL_RUNS_DIR": str(tmp_path / "runs"), "INVOKE_LOCAL_CACHE_DIR": str(tmp_path / "cache")}
+
+
+def own_experiment(probe_env: dict) -> tuple[dict, str]:
+    """The probe job under an experiment name of its own, so what a test started can be told apart from other
+    runs on the same engine (a developer's, or another session's)."""
+    experiment = f"probe-{uuid.uuid4().hex[:8]}"
+    return {**probe_env, "INVOKE_JOB_EXPERIMENT": experiment}, experiment
+
+
+def left_by(client, env: dict, experiment: str) -> tuple[list, list, list]:
+    """The containers, networks and run folders of runs of ``experiment`` (run ids, and so network and folder
+    names, start with it): all empty when nothing was started."""
+    containers = client.containers.list(all=True, filters={"label": f"amltrain.experiment={experiment}"})
+    networks = [n.name for n in client.networks.list() if n.name.startswith(f"amltrain-{experiment}_")]
+    folders = sorted(Path(env["INVOKE_LOCAL_RUNS_DIR"]).glob(f"{experiment}_*"))
+    return containers, networks, folders
 
 
 def run_dir_of(output: str) -> str:
