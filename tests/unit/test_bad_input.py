@@ -172,7 +172,7 @@ CASES = [
     Case("wheelhouse-a-file", 3, ("build", "--dry-run"), ("build.wheelhouse {tmp}/file is not a directory",),
          env={"INVOKE_BUILD_WHEELHOUSE": "{tmp}/file"}, files={"file": "x"}),
     Case("emit-yaml-into-a-folder", 3, ("submit", "--sdk", "v2", "--emit-yaml", "{tmp}"),
-         ("cannot write the job YAML file {tmp}",), files=WORKSPACE, env=WS_ENV),
+         ("--emit-yaml {tmp} is not a regular file",), files=WORKSPACE, env=WS_ENV),
     Case("no-run-id-before-its-folder", 3, ("run-local",), ("the Docker engine is not reachable",)),
     Case("f-name-too-long", 3, ("-f", "{tmp}/" + "x" * 300 + ".yaml", "build", "--dry-run"), ("does not exist",)),
     Case("input-name-too-long", 3, ("run-local", "--dry-run", "--input", "data=" + "x" * 300),
