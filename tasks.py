@@ -188,6 +188,38 @@ def image_ref(c, target=None, dry_run=False):
     print(images.image_ref(config.image_spec(c.config, target, ROOT)))
 
 
+@task(help={"dry-run": "List the checks it would run and run none"})
+@one_line_errors
+def doctor(c, dry_run=False):
+    """Check this machine for the configured targets: one line per check, each with its fix; exit 1 if any fails."""
+    from amltrain import doctor as checks
+    from amltrain.azure import settings as azure_settings
+
+    targets = config.targets(c.config)
+    if dry_run:
+        for name in ("docker engine", "buildkit client", "disk space", *(f"base image ({t})" for t in targets),
+                     "nvidia runtime", "gpu persistence mode", "azure extra", "workspace config", "azure sign-in",
+                     "registry login"):
+            print(f"would check: {name}")
+        return
+    first, client = checks.engine_check()
+    results = [first, checks.buildkit_check(config.build_settings(c.config).docker_cli)]
+    if client is not None:
+        results.append(checks.engine_disk(client))
+        results += [checks.base_check(client, t, config.image_spec(c.config, t, ROOT).base_image) for t in targets]
+    gpu_targets = [t for t in targets if config.section(c.config, f"images.{t}").get("gpu")]
+    wanted = any(config.gpus_for(c.config, t, engine.host_gpu_count) for t in gpu_targets)
+    results += checks.gpu_checks(client, wanted, engine.host_gpu_count())
+    results += checks.azure_checks(azure_settings.from_config(c.config), ROOT, os.environ, checks.az_signed_in,
+                                   Path(os.environ.get("DOCKER_CONFIG", Path.home() / ".docker")) / "config.json")
+    for result in results:
+        print(result.line())
+    failed = [r.name for r in results if r.status == checks.FAIL]
+    if failed:
+        raise Exit(f"doctor: {len(failed)} check(s) failed: {', '.join(failed)}", code=1)
+    print("doctor: everything the configured targets need is in place")
+
+
 # --- Azure ML: push, register, compute, submit, model -----------------------------------------------------------
 # Library: amltrain/azure/flow.py (one session, prepared requests described or executed) over SDK v2 or v1.
 # Dry runs contact nothing; Azure is reached only through each SDK's backend (the tests' seam).
