@@ -36,6 +36,9 @@ WHEEL_SUFFIXES = (".whl", ".tar.gz", ".zip")
 # Where `invoke build --bake` puts the source-directory snapshot in a code image.
 CODE_ROOT = "/opt/amltrain/code"
 CODE_BASE_ID_LABEL = "amltrain.code-base-id"
+# What Azure ML runs. Not part of the content hash: every image ever built here is for it, so the tags of images
+# built before the flag was passed stay valid (an older image of another architecture is rebuilt, see ``build``).
+PLATFORM = "linux/amd64"
 
 
 def build_args(spec: ImageSpec) -> dict[str, str]:
@@ -119,8 +122,8 @@ def build_request(spec: ImageSpec, settings: BuildSettings) -> BuildRequest:
         secrets["pip.conf"] = conf
     if settings.ca_bundle:
         secrets["ca-bundle"] = Path(settings.ca_bundle)
-    argv = [settings.docker_cli, "build", "--progress", "plain", "--file", str(spec.dockerfile),
-            "--target", STAGE, "--tag", image]
+    argv = [settings.docker_cli, "build", "--progress", "plain", "--platform", PLATFORM, "--file",
+            str(spec.dockerfile), "--target", STAGE, "--tag", image]
     for key, value in build_args(spec).items():
         argv += ["--build-arg", f"{key}={value}"]
     argv += ["--label", f"{CONTENT_LABEL}={digest}", "--label", f"amltrain.target={spec.target}"]
@@ -147,11 +150,30 @@ def build_state(request: BuildRequest) -> str:
     return "built: nothing to do" if exists else "not built: a build would run"
 
 
-def build(request: BuildRequest, *, no_cache: bool = False) -> bool:
-    """Build the image unless its tag exists. Returns True when it built, False when up to date."""
-    client = engine.connect()
-    if not no_cache and engine.image_exists(client, request.image):
+def emulation_note(engine_arch: str) -> str:
+    """The one line an engine on another architecture gets: the image is still built for Azure ML's platform."""
+    if engine_arch.lower() in ("amd64", "x86_64", ""):
+        return ""
+    return (f"note: this Docker engine runs on {engine_arch}: building {PLATFORM} (what Azure ML runs) under "
+            "emulation, which is slower")
+
+
+def is_platform_image(client, ref: str) -> bool:
+    """The image exists and is built for PLATFORM (one built for the host's arm64 before would not run on Azure)."""
+    if not engine.image_exists(client, ref):
         return False
+    attrs = client.images.get(ref).attrs
+    return f"{attrs.get('Os', 'linux')}/{attrs.get('Architecture', '')}" == PLATFORM
+
+
+def build(request: BuildRequest, *, no_cache: bool = False) -> bool:
+    """Build the image unless its tag exists for PLATFORM. Returns True when it built, False when up to date."""
+    client = engine.connect()
+    if not no_cache and is_platform_image(client, request.image):
+        return False
+    note = emulation_note(str(client.version().get("Arch", "")))
+    if note:
+        print(note, flush=True)
     with tempfile.TemporaryDirectory(prefix="amltrain-secrets-") as secrets_dir:
         for sid, value in request.secrets.items():
             if not isinstance(value, Path):
@@ -280,7 +302,7 @@ def build_code(request: CodeBuildRequest) -> bool:
         # same code, but the dependency image under that tag was rebuilt (--no-cache): bake again on it
     dockerfile = request.dockerfile().encode()
     context = snapshot.tar_archive(request.source_dir, request.files, "code", 0, 0, {"Dockerfile": dockerfile})
-    argv = [request.docker_cli, "build", "--progress", "plain", "--tag", request.image,
+    argv = [request.docker_cli, "build", "--progress", "plain", "--platform", PLATFORM, "--tag", request.image,
             "--label", f"amltrain.code-hash={request.content_hash}", "--label", f"amltrain.code-base={request.base}",
             "--label", f"{CODE_BASE_ID_LABEL}={base_id}", "-"]
     result = subprocess.run(argv, input=context, capture_output=True, env={**os.environ, "DOCKER_BUILDKIT": "1"})

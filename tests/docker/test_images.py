@@ -42,6 +42,12 @@ def test_cpu_image_has_the_training_stack_and_openmpi(cpu_image):
     assert out.strip().endswith("1")
 
 
+def test_images_are_built_for_azure_mls_platform(cpu_image, docker_client):
+    attrs = docker_client.images.get(cpu_image).attrs
+    assert (attrs["Os"], attrs["Architecture"]) == ("linux", "amd64")
+    assert images.is_platform_image(docker_client, cpu_image)
+
+
 def test_nothing_changed_build_does_no_build_work(cpu_image, docker_client):
     before = docker_client.images.get(cpu_image).id
     result = invoke("build", "--target", "cpu")

@@ -73,7 +73,8 @@ def test_build_request_is_the_whole_command(spec):
     request = images.build_request(spec, BuildSettings(docker_cli="docker"))
     digest = images.content_hash(spec)
     assert request.argv == (
-        "docker", "build", "--progress", "plain", "--file", str(spec.dockerfile), "--target", "deps",
+        "docker", "build", "--progress", "plain", "--platform", "linux/amd64", "--file", str(spec.dockerfile),
+        "--target", "deps",
         "--tag", f"amltrain/train:cpu-{digest[:12]}",
         "--build-arg", "BASE_IMAGE=example/base:1", "--build-arg", "CONDA_SPEC=conda/cpu.yml",
         "--build-arg", "TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu", "--build-arg", "SYSTEM_PACKAGES=",
@@ -81,6 +82,20 @@ def test_build_request_is_the_whole_command(spec):
         "--label", f"amltrain.content-hash={digest}", "--label", "amltrain.target=cpu",
         str(spec.context),
     )
+
+
+def test_the_platform_is_azure_mls_and_leaves_the_tag_as_it_was(spec):
+    """Every image is built for linux/amd64, and tags made before the flag existed stay valid (no rebuild)."""
+    argv = images.build_request(spec, BuildSettings()).argv
+    assert argv[argv.index("--platform") + 1] == "linux/amd64"
+    assert "linux/amd64" not in images.build_args(spec).values()  # the content hash does not see it
+
+
+def test_an_arm64_engine_is_told_in_one_line_that_it_emulates():
+    note = images.emulation_note("arm64")
+    assert "arm64" in note and "linux/amd64" in note and "emulation" in note and "\n" not in note
+    assert images.emulation_note("aarch64") and not images.emulation_note("amd64")
+    assert not images.emulation_note("x86_64")
 
 
 def test_pip_conf_lists_every_setting():
