@@ -483,6 +483,29 @@ def local_cancel(c, run=None, all=False, dry_run=False):
         print("no local runs running")
 
 
+@task(help={"port": "Port on 127.0.0.1 for the UI (default 5000)",
+            "target": "Whose image runs the UI: its MLflow plus the server, built once (default: job.target)",
+            "dry-run": "Print the store, the UI image and the URL, and start nothing"})
+@one_line_errors
+def ui(c, port=5000, target=None, dry_run=False):
+    """Serve the MLflow UI over the project's local runs (<runs_dir>/mlruns) and print its URL; Ctrl-C stops it."""
+    from amltrain.local import tracking
+
+    port = config.whole(port, "--port", 1, "a port number, e.g. 5000", 65535)
+    target = target or str(config.section(c.config, "job").get("target") or "cpu")
+    job_image = images.image_ref(config.image_spec(c.config, target, ROOT))
+    store = tracking.store(_runs_dir(c))
+    if dry_run:
+        print(f"store: {store}\nimage: {tracking.ui_image(job_image)} (the job's image plus mlflow's server)\n"
+              f"url: http://127.0.0.1:{port}")
+        return
+    if tracking.build_ui_image(job_image, config.build_settings(c.config)):
+        print(f"built the MLflow UI image {tracking.ui_image(job_image)}")
+    experiment = config.section(c.config, "job").get("experiment")
+    tracking.serve(tracking.ui_image(job_image), store, port, config.local_settings(c.config, ROOT).user,
+                   lambda url: print(f"MLflow UI: {url} (experiment {experiment}; Ctrl-C stops it)", flush=True))
+
+
 @task(help={"out": "Dataset folder (default: smoke.data_dir)",
             "dry-run": "Print where it would be written and write nothing"})
 @one_line_errors

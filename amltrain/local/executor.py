@@ -19,15 +19,15 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .. import engine, snapshot
 from ..errors import ToolkitError, first_line
 from ..signals import signals_as_interrupts, signals_ignored
-from ..spec import ContainerRequest, LocalRequest
-from . import launcher
-from .request import CANCEL_MARK, LABEL_RUN_ID, WORKDIR, describe
+from ..spec import ContainerRequest, LocalRequest, frozen_map
+from . import launcher, tracking
+from .request import CANCEL_MARK, LABEL_EXPERIMENT, LABEL_RUN_ID, WORKDIR, describe
 
 GRACE_S = 6.0  # SIGTERM to SIGKILL; the launcher itself gives its processes 5 s
 
@@ -61,9 +61,14 @@ def run(request: LocalRequest, out=None, announce: str = "") -> None:
     _make_run_dir(request, uid, gid)
     if announce:
         print(announce, file=out or sys.stdout, flush=True)
-    started_at, containers, outcome, started = time.time(), [], None, False
+    started_at, containers, outcome, started, tracked = time.time(), [], None, False, None
     with signals_as_interrupts():
         try:
+            tracked = _track(client, request)
+            if tracked:  # every process continues the one MLflow run, as on Azure ML
+                request = replace(request, containers=tuple(
+                    replace(c, environment=frozen_map({**c.environment, "MLFLOW_RUN_ID": tracked["run_id"]}))
+                    for c in request.containers))
             if request.network:
                 client.networks.create(request.network, driver="bridge", check_duplicate=True,
                                        labels={LABEL_RUN_ID: request.run_id})
@@ -91,7 +96,10 @@ def run(request: LocalRequest, out=None, announce: str = "") -> None:
     if outcome is None:
         raise ToolkitError(f"run {request.run_id} interrupted before it started; nothing kept", exit_code=130)
     outcome.cleanup_problems = problems
-    _write_result(request, outcome, started_at)
+    _write_result(request, outcome, started_at, tracked)
+    if tracked:
+        tracking.finish(tracking.store(request.run_dir.parent), tracked["experiment_id"], tracked["run_id"],
+                        outcome.status)
     for problem in problems:
         print(f"warning: cleaning up run {request.run_id}: {problem}", file=sys.stderr)
     if outcome.status == "Canceled":
@@ -238,13 +246,23 @@ def _failure(request: LocalRequest, node: int, code: int) -> Outcome:
     return Outcome("Failed", exit_code, where, str(request.run_dir / Path(log).relative_to(WORKDIR)))
 
 
-def _write_result(request: LocalRequest, outcome: Outcome, started_at: float) -> None:
+def _track(client, request: LocalRequest) -> dict | None:
+    """The run's MLflow run in the project's store, named by the run id (None: the image has no MLflow)."""
+    first, d = request.containers[0], request.distribution
+    commit = tracking.git_commit(request.snapshot_dir)
+    tags = tracking.run_tags(request.run_id, first.image, d.launch, d.nodes, d.procs_per_node, commit)
+    return tracking.create(client, first.image, tracking.store(request.run_dir.parent), first.user,
+                           first.labels[LABEL_EXPERIMENT], request.run_id, tags)
+
+
+def _write_result(request: LocalRequest, outcome: Outcome, started_at: float, tracked: dict | None) -> None:
     """runs/<id>/result.json: what `invoke local-status` reports once the containers are gone."""
     d = request.distribution
     result = {"run_id": request.run_id, "status": outcome.status, "exit_code": outcome.exit_code,
               "failed": outcome.failed, "launch": d.launch, "nodes": d.nodes, "procs_per_node": d.procs_per_node,
               "started": started_at, "duration_s": round(time.time() - started_at, 1),
-              "cleanup_problems": outcome.cleanup_problems}
+              "cleanup_problems": outcome.cleanup_problems,
+              "mlflow": tracked and {"store": str(tracking.store(request.run_dir.parent)), **tracked}}
     (request.run_dir / "result.json").write_text(json.dumps(result, indent=2) + "\n")
 
 
@@ -268,7 +286,8 @@ def _make_run_dir(request: LocalRequest, uid: int, gid: int) -> None:
         raise ToolkitError(f"the run cache {cache_dir} belongs to uid {cache_dir.stat().st_uid}, the run to {uid}",
                            "remove it, or set local.cache_dir to a folder of the run's user")
     folders = [run_dir / sub for sub in ("outputs", "logs", "logs/user_logs", "logs/system_logs",
-                                         "logs/system_logs/launcher", "mlruns")]
+                                         "logs/system_logs/launcher")]
+    folders += [tracking.store(run_dir.parent)]
     folders += [cache_dir] if cache_dir and not cache_dir.exists() else []
     for folder in folders:
         folder.mkdir(parents=True, exist_ok=True)

@@ -33,7 +33,7 @@ from ..spec import (
     Mount,
     frozen_map,
 )
-from . import launcher
+from . import launcher, tracking
 
 WORKDIR = "/mnt/azureml/wd"
 INPUTS_ROOT = "/mnt/azureml/inputs"
@@ -178,7 +178,7 @@ def local_request(job: JobSpec, image: str, settings: LocalSettings, run_id: str
     mounts = (
         Mount(str(run_dir / "outputs"), f"{WORKDIR}/outputs"),
         Mount(str(run_dir / "logs"), f"{WORKDIR}/logs"),
-        Mount(str(run_dir / "mlruns"), MLRUNS),
+        Mount(str(tracking.store(settings.runs_dir)), MLRUNS),  # the project's one store: `invoke ui` shows it
         *([Mount(str(settings.cache_dir), CACHE)] if settings.cache_dir else []),
         *(Mount(str(path), input_path(name), read_only=True) for name, path in sorted(job.inputs.items())),
     )

@@ -30,9 +30,21 @@ def test_smoke_trains_a_model_that_loads_without_the_training_code(cpu_image, do
     metrics = json.loads((outputs / "metrics.json").read_text())
     assert metrics["epochs"] == 1 and 0.0 <= metrics["best_val_acc"] <= 1.0
     assert json.loads((outputs / "labels.json").read_text()) == ["chickens", "turkeys"]
-    # MLflow metrics, as Azure ML would record them, in the run's tracking store
-    logged = {p.name for p in run_dir.glob("mlruns/*/*/metrics/*")}
-    assert {"train_loss", "train_acc", "val_loss", "val_acc", "best_val_acc"} <= logged
+    # MLflow metrics, as Azure ML would record them, in the project's tracking store: one run, made before the
+    # job started (the script's start_run continued it), named by the run id, tagged with shape, image, status
+    mlflow = json.loads((run_dir / "result.json").read_text())["mlflow"]
+    assert mlflow["store"] == str(tmp_path / "runs/mlruns")
+    mlrun = Path(mlflow["store"], mlflow["experiment_id"], mlflow["run_id"])
+    assert [p.parent.parent.name for p in Path(mlflow["store"]).glob("*/*/meta.yaml")] == [mlflow["experiment_id"]]
+    assert "name: fowl-transfer" in (mlrun.parent / "meta.yaml").read_text()
+    assert f"run_name: {run_dir.name}" in (mlrun / "meta.yaml").read_text()
+    assert "status: 3" in (mlrun / "meta.yaml").read_text()  # FINISHED
+    assert {"train_loss", "train_acc", "val_loss", "val_acc", "best_val_acc"} <= {p.name for p in mlrun.glob(
+        "metrics/*")}
+    tags = {p.name: p.read_text() for p in (mlrun / "tags").iterdir()}
+    assert tags["amltrain.status"] == "Completed" and tags["amltrain.image"] == cpu_image
+    assert tags["amltrain.shape"] == "1x1 per-process" and tags["amltrain.run_id"] == run_dir.name
+    assert re.fullmatch(r"[0-9a-f]{40}(-dirty)?", tags["mlflow.source.git.commit"])
     log = (run_dir / "logs/user_logs/std_log.txt").read_text()
     assert "epoch 1/1" in log and "epoch 1/1" in result.stdout
     # the model loads in a bare interpreter: no train/ code, no torchvision import

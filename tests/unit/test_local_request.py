@@ -57,7 +57,7 @@ def test_request_is_exactly_azure_mls_single_node_contract(job, settings, tmp_pa
         mounts=(
             Mount(str(run_dir / "outputs"), "/mnt/azureml/wd/outputs"),
             Mount(str(run_dir / "logs"), "/mnt/azureml/wd/logs"),
-            Mount(str(run_dir / "mlruns"), "/mnt/azureml/mlruns"),
+            Mount(str(run_dir.parent / "mlruns"), "/mnt/azureml/mlruns"),
             Mount(str(tmp_path / "fowl"), "/mnt/azureml/inputs/data", read_only=True),
         ),
         labels=frozen_map({"amltrain.run-id": "fowl_1_ab", "amltrain.node-rank": "0",
