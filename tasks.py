@@ -379,7 +379,7 @@ def model(c, run=None, register=None, download=None, path=None, sdk=None, dry_ru
 
 
 def _run_local(c, *, target, script, args, inputs, env, user, dry_run, inputs_made_later=False, baked=False,
-               command=None, launch=None, nodes=None, procs_per_node=None, args_setting="--args"):
+               command=None, launch=None, nodes=None, procs_per_node=None, args_setting="--args", debug_rank=None):
     job = config.job_spec(c.config, ROOT, target=target, script=script, arguments=args, inputs=inputs, env=env,
                           command=command, launch=launch, nodes=nodes, procs_per_node=procs_per_node,
                           require_inputs=not inputs_made_later, arguments_setting=args_setting)
@@ -388,15 +388,21 @@ def _run_local(c, *, target, script, args, inputs, env, user, dry_run, inputs_ma
         image = images.latest_code_image(image)
     gpus = config.node_gpus(config.gpus_for(c.config, job.target, engine.host_gpu_count), job.distribution,
                             engine.host_gpu_count)
+    if debug_rank is not None:
+        debug_rank = config.whole(debug_rank, "--debug-rank", 0, "a rank number, e.g. 0")
     request = local_request.local_request(job, image, config.local_settings(c.config, ROOT, user, gpus, for_run=True),
-                                     code_in_image=images.CODE_ROOT if baked else "")
+                                          code_in_image=images.CODE_ROOT if baked else "", debug_rank=debug_rank,
+                                          debugpy_dir=local_request.host_debugpy() if debug_rank is not None else "")
     if dry_run:
         _print_yaml(local_request.describe(request))
         return
     d = job.distribution
     shape = "" if d.single_process else f", {d.nodes} node(s) x {d.procs_per_node} process(es), {d.launch}"
     started = time.monotonic()
-    local_executor.run(request, announce=f"run {request.run_id}: {image}{shape}, results in {request.run_dir}")
+    attach = "" if debug_rank is None else (
+        f"\nrank {debug_rank} waits for a debugger: attach to 127.0.0.1:{local_request.DEBUG_PORT} (VS Code: "
+        f"Python Debugger: Remote Attach, remoteRoot {local_request.WORKDIR}; see docs/debugging.md)")
+    local_executor.run(request, announce=f"run {request.run_id}: {image}{shape}, results in {request.run_dir}{attach}")
     print(f"run {request.run_id} completed in {time.monotonic() - started:.1f} s; outputs in "
           f"{request.run_dir / 'outputs'}")
 
@@ -415,18 +421,20 @@ def _run_local(c, *, target, script, args, inputs, env, user, dry_run, inputs_ma
             "launch": "per-process (Azure ML starts every rank), per-node (your --command once per node, "
                       "e.g. torchrun) or mpi (mpirun, for Horovod); default job.distribution.launch",
             "command": "Shell command run instead of `python SCRIPT ARGS` ($VARS expand in the container)",
+            "debug-rank": "Start this rank under debugpy, waiting for a debugger on 127.0.0.1:5678 before its first "
+                          "line (per-process launch; docs/debugging.md)",
             "dry-run": "Print every container request, the network and each rank's environment (secrets "
                        "masked) and run nothing"})
 @one_line_errors
 def run_local(c, target=None, script=None, args=None, input=None, env=None, user=None, baked=False,
-              nodes=None, procs_per_node=None, launch=None, command=None, dry_run=False):
+              nodes=None, procs_per_node=None, launch=None, command=None, debug_rank=None, dry_run=False):
     """Run the job in local Docker as Azure ML runs it: one process, or simulated nodes (DDP, torchrun, MPI).
 
     Same image, same runtime contract (working dir, outputs/, logs/, environment, shm) as a cluster run.
     """
     _run_local(c, target=target, script=script, args=args, inputs=input or [], env=env or [], user=user,
                dry_run=dry_run, baked=baked, nodes=nodes, procs_per_node=procs_per_node, launch=launch,
-               command=command)
+               command=command, debug_rank=debug_rank)
 
 
 def _runs_dir(c) -> Path:

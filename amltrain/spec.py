@@ -134,6 +134,7 @@ class ContainerRequest:
     gpus: str = ""  # "" none, "all", or device ids "0,1"
     network: str = ""  # the run's private network; ``hostname`` is this container's name on it
     plan: str = ""  # JSON: what the in-container launcher starts (amltrain/local/launcher.py)
+    ports: tuple[tuple[str, str, int], ...] = ()  # (container port/proto, host address, host port) published
 
 
 @dataclass(frozen=True)

@@ -333,6 +333,7 @@ def _create(client, c: ContainerRequest):
         environment=dict(c.environment), labels=dict(c.labels), shm_size=c.shm_size, device_requests=devices,
         mounts=[DockerMount(m.target, m.source, type="bind", read_only=m.read_only) for m in c.mounts],
         network=c.network or None, networking_config=networking,
+        ports={port: (address, host) for port, address, host in c.ports} or None,
     )
 
 

@@ -127,7 +127,8 @@ def run(plan: dict) -> int:
     catch_stop_signals()
     try:
         for proc in plan["processes"]:
-            child = subprocess.Popen(plan["command"], env={**os.environ, **proc["env"]}, stdout=subprocess.PIPE,
+            command = proc.get("command", plan["command"])  # its own: the rank run-local --debug-rank debugs
+            child = subprocess.Popen(command, env={**os.environ, **proc["env"]}, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
             children.append(child)
             prefix = f"[{proc['label']}] ".encode() if plan["prefix"] else b""

@@ -46,6 +46,34 @@ LABEL_RUN_DIR = "amltrain.run-dir"
 STATUS_DIR = f"{WORKDIR}/logs/system_logs/launcher"  # failure records of the launcher: which rank failed
 CANCEL_MARK = "cancelled.json"  # written by local-cancel into the run folder, so the run says who stopped it
 EXEC_PORT = 6107  # MPI runs: where the other nodes take mpirun's daemon launches (launcher.py serve)
+DEBUG_PORT = 5678  # debugpy's usual port: in the debugged rank's container, and on the host's 127.0.0.1
+DEBUGPY = "/mnt/azureml/debugpy"  # the host's debugpy package, mounted read-only (the image need not have it)
+
+
+def host_debugpy() -> str:
+    """The folder of this interpreter's debugpy package: mounted into the debugged rank's container."""
+    import importlib.util
+
+    found = importlib.util.find_spec("debugpy")
+    if found is None or not found.submodule_search_locations:
+        raise ToolkitError("--debug-rank needs debugpy on this machine", "pip install debugpy (the dev extra has it)")
+    return list(found.submodule_search_locations)[0]
+
+
+def check_debug_rank(job: JobSpec, rank: int) -> None:
+    d = job.distribution
+    if job.command or d.launch != "per-process":
+        raise ToolkitError(f"--debug-rank works with --launch per-process and a script, not {d.launch}"
+                           f"{' with --command' if job.command else ''}",
+                           "debug the rank's script with --launch per-process (the default)")
+    if not 0 <= rank < d.world_size:
+        raise ToolkitError(f"--debug-rank {rank} is not a rank of this run (ranks 0 to {d.world_size - 1})")
+
+
+def debug_command(job: JobSpec) -> list[str]:
+    """The rank's own command under debugpy, which waits for a client before the script's first line."""
+    return ["python", DEBUGPY, "--listen", f"0.0.0.0:{DEBUG_PORT}", "--wait-for-client",
+            *user_command(job)[1:]]
 
 
 def new_run_id(experiment: str) -> str:
@@ -125,7 +153,7 @@ def user_command(job: JobSpec) -> list[str]:
     return ["python", job.script, *substitute_inputs(job.arguments, job.inputs)]
 
 
-def node_plan(job: JobSpec, node_rank: int, settings: LocalSettings) -> dict:
+def node_plan(job: JobSpec, node_rank: int, settings: LocalSettings, debug_rank: int | None = None) -> dict:
     """What the launcher in this node's container starts (``amltrain/local/launcher.py`` reads it as JSON)."""
     d = job.distribution
     logs = f"{WORKDIR}/logs/user_logs"
@@ -160,15 +188,19 @@ def node_plan(job: JobSpec, node_rank: int, settings: LocalSettings) -> dict:
         rank = node_rank if per_node else node_rank * d.procs_per_node + local_rank
         log = f"{logs}/std_log.txt" if d.single_process else f"{logs}/std_log_process_{rank}.txt"
         processes.append({"rank": rank, "label": f"{'node' if per_node else 'rank'} {rank}", "env": env,
-                          "log": log})
+                          "log": log} | ({"command": debug_command(job)} if rank == debug_rank else {}))
     return plan | {"mode": "run", "command": user_command(job), "processes": processes}
 
 
 def local_request(job: JobSpec, image: str, settings: LocalSettings, run_id: str | None = None,
-                  code_in_image: str = "") -> LocalRequest:
+                  code_in_image: str = "", debug_rank: int | None = None, debugpy_dir: str = "") -> LocalRequest:
     """The whole run as data: one container per node on a private network. ``code_in_image``: the image
     has the code baked in there (``build --bake``), and the working directory is a copy of that instead
-    of the host's source directory."""
+    of the host's source directory. ``debug_rank``: that rank runs under debugpy (``debugpy_dir``, the host's
+    package, mounted), its port published on the host's 127.0.0.1."""
+    if debug_rank is not None:
+        check_debug_rank(job, debug_rank)
+    debug_node = -1 if debug_rank is None else debug_rank // job.distribution.procs_per_node
     run_id = run_id or new_run_id(job.experiment)
     run_dir = settings.runs_dir / run_id
     names = snapshot.files(job.source_dir)
@@ -185,7 +217,7 @@ def local_request(job: JobSpec, image: str, settings: LocalSettings, run_id: str
     # Nodes find each other on a network of their own; one node needs none (Docker's default bridge is
     # quicker to start, and the hostname resolves inside the container all the same).
     network = f"amltrain-{run_id}" if job.distribution.nodes > 1 else ""
-    plans = [node_plan(job, node, settings) for node in range(job.distribution.nodes)]
+    plans = [node_plan(job, node, settings, debug_rank) for node in range(job.distribution.nodes)]
     containers = tuple(ContainerRequest(
         name=f"{run_id}-node-{node}",
         image=image,
@@ -195,7 +227,8 @@ def local_request(job: JobSpec, image: str, settings: LocalSettings, run_id: str
         user=settings.user,
         shm_size=settings.shm_size,
         environment=frozen_map(contract_env(job, run_id, node, settings)),
-        mounts=mounts,
+        mounts=mounts + ((Mount(debugpy_dir, DEBUGPY, read_only=True),) if node == debug_node else ()),
+        ports=((f"{DEBUG_PORT}/tcp", "127.0.0.1", DEBUG_PORT),) if node == debug_node else (),
         labels=frozen_map({LABEL_RUN_ID: run_id, LABEL_NODE_RANK: str(node), LABEL_EXPERIMENT: job.experiment,
                            LABEL_RUN_DIR: str(run_dir)}),
         gpus=settings.gpus[node] if node < len(settings.gpus) else "",
@@ -220,9 +253,10 @@ def describe(request: LocalRequest) -> dict:
             "environment": {k: mask(k, v) for k, v in sorted(c.environment.items())},
             "mounts": [f"{m.source}:{m.target}:{'ro' if m.read_only else 'rw'}" for m in c.mounts],
             "labels": dict(c.labels),
+            **({"ports": [f"{ip}:{host}->{port}" for port, ip, host in c.ports]} if c.ports else {}),
         }
         if plan.get("mode") == "run":
-            entry["processes"] = [{"label": proc["label"], "command": mask_words(plan["command"]),
+            entry["processes"] = [{"label": proc["label"], "command": mask_words(proc.get("command", plan["command"])),
                                    "log": proc["log"], "environment": proc["env"]} for proc in plan["processes"]]
         elif plan.get("mode") == "mpirun":
             entry["mpirun"] = mask_words(plan["mpirun"])

@@ -230,3 +230,30 @@ def test_error_lines_are_masked_and_cut_between_words():
     assert line.startswith("error: input 'MY-TOKEN=****' at /w/https:/****@host/d word")
     assert line.endswith(" word …") and len(line) <= masking.ERROR_LINE_LIMIT + 10
     assert masking.error_line("image a/b:c@sha256:0123") == "error: image a/b:c@sha256:0123"  # a digest is no secret
+
+
+def test_the_debugged_rank_runs_under_debugpy_with_its_port_on_localhost_only(job, settings, tmp_path):
+    request = local_request.local_request(distributed(job, "per-process", 2, 2), "img", settings, run_id="fowl_1_ab",
+                                          debug_rank=3, debugpy_dir="/host/site-packages/debugpy")
+    node0, node1 = request.containers
+    assert node0.ports == () and Mount("/host/site-packages/debugpy", "/mnt/azureml/debugpy", True) not in node0.mounts
+    assert node1.ports == (("5678/tcp", "127.0.0.1", 5678),)
+    assert Mount("/host/site-packages/debugpy", "/mnt/azureml/debugpy", read_only=True) in node1.mounts
+    plan = json.loads(node1.plan)
+    normal, debugged = plan["processes"]
+    assert "command" not in normal and normal["rank"] == 2
+    assert debugged["rank"] == 3 and debugged["command"] == [
+        "python", "/mnt/azureml/debugpy", "--listen", "0.0.0.0:5678", "--wait-for-client",
+        "train/job.py", "--data-dir", "/mnt/azureml/inputs/data", "--lr", "0.1"]
+    described = local_request.describe(request)["containers"][1]
+    assert described["ports"] == ["127.0.0.1:5678->5678/tcp"]
+    assert described["processes"][1]["command"][:2] == ["python", "/mnt/azureml/debugpy"]
+
+
+@pytest.mark.parametrize("launch, command, rank, words", [
+    ("mpi", "", 0, "not mpi"), ("per-node", "torchrun x.py", 0, "not per-node with --command"),
+    ("per-process", "", 4, "ranks 0 to 3"), ("per-process", "python x.py", 0, "with --command")])
+def test_a_rank_that_cannot_be_debugged_is_refused_in_one_line(job, settings, launch, command, rank, words):
+    with pytest.raises(ToolkitError, match=words):
+        local_request.local_request(distributed(job, launch, 2, 2, command), "img", settings, debug_rank=rank,
+                                    debugpy_dir="/d")
