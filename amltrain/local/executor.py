@@ -91,8 +91,11 @@ def run(request: LocalRequest, out=None, announce: str = "") -> None:
             outcome = Outcome("Failed", 1, f"Docker ({first_line(exc)})", str(request.run_dir / "logs"))
         finally:
             problems = _teardown(client, request, containers)
-            if not started:  # nothing ran: leave nothing behind
+            if not started:  # nothing ran: leave nothing behind, in the tracking store neither
                 shutil.rmtree(request.run_dir, ignore_errors=True)
+                if tracked:
+                    shutil.rmtree(tracking.store(request.run_dir.parent) / tracked["experiment_id"] /
+                                  tracked["run_id"], ignore_errors=True)
     if outcome is None:
         raise ToolkitError(f"run {request.run_id} interrupted before it started; nothing kept", exit_code=130)
     outcome.cleanup_problems = problems
