@@ -170,7 +170,10 @@ def prune_images(c, dry_run=False):
     specs = [config.image_spec(c.config, target, ROOT) for target in config.targets(c.config)]
     if not specs:
         raise ToolkitError("no image targets configured", "declare them under images: in invoke.yaml")
-    keep = {ref for spec in specs for ref in (images.image_ref(spec), images.latest_code_ref(images.image_ref(spec)))}
+    from amltrain.local import tracking
+
+    keep = {ref for spec in specs for ref in (images.image_ref(spec), images.latest_code_ref(images.image_ref(spec)),
+                                              tracking.ui_image(images.image_ref(spec)))}  # invoke ui's image too
     stale = images.stale_images(specs[0].repository, keep)
     for ref in stale:
         print(f"{'would remove' if dry_run else 'removing'} {ref}")
