@@ -309,9 +309,13 @@ def local_settings(cfg: Mapping[str, Any], root: Path, user: str | None = None,
     shm_size = str(local.get("shm_size") or "2g")
     if not SIZE.fullmatch(shm_size):
         raise ToolkitError(f"local.shm_size {shm_size!r} is not a size", "e.g. 2g, 512m")
+    memory = str(local.get("memory") or "")
+    if memory and not SIZE.fullmatch(memory):
+        raise ToolkitError(f"local.memory {memory!r} is not a size", "e.g. 16g, 512m; empty for no limit")
     return LocalSettings(
         runs_dir=(root / str(local.get("runs_dir") or "runs")).resolve(),
         shm_size=shm_size,
+        memory=memory,
         user=user,
         master_port=int(local.get("master_port") or 6105),
         gpus=gpus,

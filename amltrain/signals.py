@@ -21,15 +21,24 @@ class Interrupted(KeyboardInterrupt):
         self.signum = signum
 
 
+class Received(list):
+    """The stop signals received so far, in order. While ``raising`` is true a signal also raises Interrupted;
+    a caller that has started something it must shut down cleanly sets it false and polls the list instead, so
+    that no later signal (a second Ctrl-C, CI's SIGTERM after its SIGINT) can cut that shutdown short."""
+
+    raising = True
+
+
 @contextmanager
-def signals_as_interrupts() -> Iterator[list[int]]:
+def signals_as_interrupts() -> Iterator[Received]:
     """Within: each stop signal raises Interrupted; the list yielded records the signals received (a library
     that catches KeyboardInterrupt and raises its own error loses the number, the list keeps it)."""
-    received: list[int] = []
+    received = Received()
 
     def handler(signum, frame):
         received.append(signum)
-        raise Interrupted(signum)
+        if received.raising:
+            raise Interrupted(signum)
 
     previous = {signum: signal.signal(signum, handler) for signum in STOP_SIGNALS}
     try:
