@@ -148,7 +148,7 @@ def _finish(request: LocalRequest, outcome: Outcome, started_at: float) -> None:
     try:
         _write_result(request, outcome, started_at)
     except OSError as exc:
-        unwritten = f"; its result.json could not be written ({exc.strerror or exc})"
+        unwritten = f"; result.json not written ({exc.strerror or exc})"
     full = _disk_full(request.run_dir, unwritten)
     problems = outcome.cleanup_problems
     if outcome.engine_lost:
@@ -182,8 +182,16 @@ def _disk_full(run_dir: Path, unwritten: str) -> str:
     free = stat.f_bavail * stat.f_frsize
     if free >= DISK_LOW_BYTES and "No space" not in unwritten:
         return ""
-    return (f"the disk holding {run_dir} is full ({free // 1024} KiB free): outputs written so far are kept; "
-            "free space there or set local.runs_dir to a bigger disk")
+    return (f"the disk mounted at {_mount_point(run_dir)}, which holds {run_dir}, is full ({free // 1024} KiB "
+            "free): outputs written so far are kept; free space there or set local.runs_dir to another disk")
+
+
+def _mount_point(path: Path) -> Path:
+    path = path.resolve()
+    device = path.stat().st_dev
+    while path.parent != path and path.parent.stat().st_dev == device:
+        path = path.parent
+    return path
 
 
 def _memory_note(request: LocalRequest, outcome: Outcome) -> str:
@@ -394,7 +402,12 @@ def _write_result(request: LocalRequest, outcome: Outcome, started_at: float) ->
               "started": started_at, "duration_s": round(time.time() - started_at, 1),
               "oom_killed_nodes": outcome.oom_killed, "engine_lost": outcome.engine_lost,
               "cleanup_problems": outcome.cleanup_problems}
-    (request.run_dir / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    path = request.run_dir / "result.json"
+    try:  # whole or not at all: a full disk must not leave half a result for local-status
+        path.with_suffix(".tmp").write_text(json.dumps(result, indent=2) + "\n")
+        path.with_suffix(".tmp").replace(path)
+    finally:
+        path.with_suffix(".tmp").unlink(missing_ok=True)
 
 
 def _control_archive(c: ContainerRequest, token: str, uid: int, gid: int) -> bytes:
