@@ -315,7 +315,8 @@ def test_a_connection_dropped_mid_push_is_retried_and_the_registry_gets_the_loca
                 docker_client.images.remove(name, force=True)
     assert result.returncode == 0, result.stdout + result.stderr
     assert proxy.dropped == 1
-    assert re.search(rf"push at {re.escape(proxy.address)}: .*; retrying in 0.1 s \(1/3\)", result.stdout), result.stdout
+    retried = rf"push at {re.escape(proxy.address)}: .*; retrying in 0.1 s \(1/3\)"
+    assert re.search(retried, result.stdout), result.stdout
     # resumed: the second attempt found the layer there and sent only what was missing
     assert "layer already exists" in result.stdout and registry.blob_uploads() - uploads == 2  # layer, config
     match = re.search(r"pushed (\S+)@(sha256:[0-9a-f]{64})", result.stdout)
