@@ -24,6 +24,8 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if "tests/docker/" in str(item.fspath).replace(os.sep, "/"):
             item.add_marker(pytest.mark.docker)
+    # A test that restarts the engine goes last, whatever its file's name, so no other test sees the engine go.
+    items.sort(key=lambda item: item.get_closest_marker("engine_restart") is not None)
 
 
 @pytest.fixture(scope="session")
