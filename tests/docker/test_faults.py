@@ -86,6 +86,8 @@ def test_a_node_killed_for_memory_stops_the_gang_and_is_named(cpu_image, probe_e
     outcome = json.loads((run_dir / "result.json").read_text())
     assert (outcome["status"], outcome["exit_code"], outcome["oom_killed_nodes"]) == ("Failed", 137, [1])
     assert_gone(docker_client, run_dir.name)
+    status = invoke("local-status", env=env).stdout
+    assert "exit code 137 (rank 1 (node 1)), out of memory on node-1" in status, status
     # A SIGKILL that is not the OOM killer's is not called out of memory.
     killed = invoke("run-local", "--nodes", "2", "--command", "[ $NODE_RANK = 1 ] && kill -9 $$; sleep 300",
                     env=env)

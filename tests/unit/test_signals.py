@@ -1,0 +1,23 @@
+"""Stop signals as interrupts, and the quiet mode a shutdown in progress needs (real signals to this process)."""
+
+import os
+import signal
+
+import pytest
+
+from amltrain.signals import Interrupted, signals_as_interrupts
+
+
+def test_a_signal_raises_until_the_caller_asks_for_requests_instead():
+    before = signal.getsignal(signal.SIGTERM)
+    with signals_as_interrupts() as received:
+        with pytest.raises(Interrupted) as raised:
+            os.kill(os.getpid(), signal.SIGTERM)
+            signal.sigtimedwait([], 0.1)  # a point where the handler has surely run
+        assert raised.value.signum == signal.SIGTERM
+        received.raising = False  # shutting down: later signals are only counted
+        for signum in (signal.SIGINT, signal.SIGHUP):
+            os.kill(os.getpid(), signum)
+        signal.sigtimedwait([], 0.1)
+        assert received == [signal.SIGTERM, signal.SIGINT, signal.SIGHUP]
+    assert signal.getsignal(signal.SIGTERM) == before
