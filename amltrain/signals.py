@@ -30,14 +30,16 @@ class Received(list):
 
 
 @contextmanager
-def signals_as_interrupts() -> Iterator[Received]:
+def signals_as_interrupts(once: bool = False) -> Iterator[Received]:
     """Within: each stop signal raises Interrupted; the list yielded records the signals received (a library
-    that catches KeyboardInterrupt and raises its own error loses the number, the list keeps it)."""
+    that catches KeyboardInterrupt and raises its own error loses the number, the list keeps it). ``once``: only
+    the first one raises, as if ``raising`` were set false right then, so the code handling it is not cut short."""
     received = Received()
 
     def handler(signum, frame):
         received.append(signum)
         if received.raising:
+            received.raising = not once
             raise Interrupted(signum)
 
     previous = {signum: signal.signal(signum, handler) for signum in STOP_SIGNALS}

@@ -72,8 +72,8 @@ def run(request: LocalRequest, out=None) -> None:
     token = secrets.token_hex(32)  # authenticates mpirun's agent; exists only inside the run's containers
     _make_run_dir(request, uid, gid)
     started_at, containers = time.time(), []
-    with signals_as_interrupts() as received:
-        # Making the gang: a signal interrupts it, and nothing is kept.
+    with signals_as_interrupts(once=True) as received:
+        # Making the gang: a first signal interrupts it (later ones are only counted), and nothing is kept.
         try:
             if request.network:
                 client.networks.create(request.network, driver="bridge", check_duplicate=True,
@@ -82,6 +82,9 @@ def run(request: LocalRequest, out=None) -> None:
                 containers.append(_create(client, c))
                 containers[-1].put_archive("/", archive)
                 containers[-1].put_archive("/", _control_archive(c, token, uid, gid))
+            # Running: from the first start on, signals are requests the supervision answers (stop the gang,
+            # hurry at the next one), never exceptions, so the shutdown, the cleanup and result.json always happen.
+            received.raising = False
         except KeyboardInterrupt:
             _abandon(client, request, containers)
             raise ToolkitError(f"run {request.run_id} interrupted before it started; nothing kept",
@@ -89,9 +92,6 @@ def run(request: LocalRequest, out=None) -> None:
         except engine_errors() as exc:
             _abandon(client, request, containers)
             raise _refused(client, exc, request) from None
-        # Running: from the first start on, signals are requests the supervision answers (stop the gang, hurry
-        # at the next one), never exceptions, so the shutdown, the cleanup and result.json always happen.
-        received.raising = False
         try:
             outcome = _start_and_supervise(client, containers, request, out, received)
         except _NotStarted as refused:

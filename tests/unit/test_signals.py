@@ -21,3 +21,13 @@ def test_a_signal_raises_until_the_caller_asks_for_requests_instead():
         signal.sigtimedwait([], 0.1)
         assert received == [signal.SIGTERM, signal.SIGINT, signal.SIGHUP]
     assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_once_only_the_first_signal_raises():
+    with signals_as_interrupts(once=True) as received:
+        with pytest.raises(Interrupted):
+            os.kill(os.getpid(), signal.SIGINT)
+            signal.sigtimedwait([], 0.1)
+        os.kill(os.getpid(), signal.SIGINT)  # handling the first: this one must not cut it short
+        signal.sigtimedwait([], 0.1)
+        assert received == [signal.SIGINT, signal.SIGINT]
