@@ -106,6 +106,10 @@ def run(request: LocalRequest, out=None) -> None:
             raise ToolkitError(f"run {request.run_id} interrupted before it started; nothing kept",
                                exit_code=128 + received[0])
         outcome.cleanup_problems = _teardown(client, request, containers, outcome.engine_lost, received, out)
+        lost = engine_down(client) if outcome.cleanup_problems and outcome.status != "Completed" else ""
+        if lost and not outcome.engine_lost:  # it went away as the run was ending (it stops the containers first)
+            outcome = Outcome("Failed", 1, "the Docker engine", engine_lost=lost)
+            outcome.cleanup_problems = _teardown(client, request, containers, lost, received, out)
         _finish(request, outcome, started_at)
 
 
