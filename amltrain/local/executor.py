@@ -4,7 +4,10 @@
 whatever happens after (outputs, logs, ``result.json``); one that never started leaves nothing behind.
 Whatever ends the run (its processes, a failure, Ctrl-C, SIGTERM, `invoke local-cancel`), every
 container gets SIGTERM first, so scripts can save what they have, and then the run's containers and
-network are removed, found by label as well as by what this process made.
+network are removed, found by label as well as by what this process made. Once the gang is started, stop
+signals no longer raise: the supervision loop reads them, so no second Ctrl-C can cut the stop, the cleanup
+or ``result.json`` short (it only hurries the stop). An engine that goes away mid-run is waited for, to clean
+up; a diagnosis (out of memory, a full disk) is said only when Docker or the file system says so.
 """
 
 from __future__ import annotations
