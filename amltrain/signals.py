@@ -30,10 +30,12 @@ class Received(list):
 
 
 @contextmanager
-def signals_as_interrupts(once: bool = False) -> Iterator[Received]:
+def signals_as_interrupts(once: bool = False, final: bool = False) -> Iterator[Received]:
     """Within: each stop signal raises Interrupted; the list yielded records the signals received (a library
     that catches KeyboardInterrupt and raises its own error loses the number, the list keeps it). ``once``: only
-    the first one raises, as if ``raising`` were set false right then, so the code handling it is not cut short."""
+    the first one raises, as if ``raising`` were set false right then, so the code handling it is not cut short.
+    ``final``: when one came, stop signals stay ignored after the block: the process is ending because of it,
+    and no later one may change how (its exit code, its last line)."""
     received = Received()
 
     def handler(signum, frame):
@@ -47,7 +49,7 @@ def signals_as_interrupts(once: bool = False) -> Iterator[Received]:
         yield received
     finally:
         for signum, action in previous.items():
-            signal.signal(signum, action)
+            signal.signal(signum, signal.SIG_IGN if final and received else action)
 
 
 @contextmanager

@@ -75,7 +75,7 @@ def run(request: LocalRequest, out=None) -> None:
     token = secrets.token_hex(32)  # authenticates mpirun's agent; exists only inside the run's containers
     _make_run_dir(request, uid, gid)
     started_at, containers = time.time(), []
-    with signals_as_interrupts(once=True) as received:
+    with signals_as_interrupts(once=True, final=True) as received:
         # Making the gang: a first signal interrupts it (later ones are only counted), and nothing is kept.
         try:
             if request.network:

@@ -35,13 +35,14 @@ def assert_gone(client, run_id: str) -> None:
     assert client.networks.list(filters={"label": f"amltrain.run-id={run_id}"}) == []
 
 
-@pytest.mark.parametrize("signals, code", [
-    ((signal.SIGINT, signal.SIGINT), 130),
-    ((signal.SIGINT, signal.SIGINT, signal.SIGINT), 130),
-    ((signal.SIGTERM, signal.SIGINT), 143),
-], ids=["ctrl-c-twice", "ctrl-c-three-times", "sigterm-then-ctrl-c"])
+@pytest.mark.parametrize("signals, until_exit, code", [
+    ((signal.SIGINT, signal.SIGINT), False, 130),
+    ((signal.SIGINT, signal.SIGINT, signal.SIGINT), False, 130),
+    ((signal.SIGTERM, signal.SIGINT), False, 143),
+    ((signal.SIGINT,), True, 130),  # Ctrl-C held down: before, during and after the shutdown, to the last moment
+], ids=["ctrl-c-twice", "ctrl-c-three-times", "sigterm-then-ctrl-c", "ctrl-c-until-it-exits"])
 def test_more_signals_during_the_shutdown_still_end_canceled_with_the_first_signals_code(
-        cpu_image, probe_env, docker_client, signals, code):
+        cpu_image, probe_env, docker_client, signals, until_exit, code):
     proc = subprocess.Popen([sys.executable, "-m", "invoke", "run-local", "--nodes", "2", "--command", STUBBORN],
                             cwd=ROOT, env={**os.environ, **probe_env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
@@ -55,6 +56,10 @@ def test_more_signals_during_the_shutdown_still_end_canceled_with_the_first_sign
         for signum in signals:
             proc.send_signal(signum)
             time.sleep(0.7)  # within the gang stop's grace period (the nodes ignore SIGTERM for 5 s)
+        deadline = time.monotonic() + 60
+        while until_exit and proc.poll() is None and time.monotonic() < deadline:
+            proc.send_signal(signals[-1])
+            time.sleep(0.05)
         _, stderr = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:

@@ -31,3 +31,19 @@ def test_once_only_the_first_signal_raises():
         os.kill(os.getpid(), signal.SIGINT)  # handling the first: this one must not cut it short
         signal.sigtimedwait([], 0.1)
         assert received == [signal.SIGINT, signal.SIGINT]
+
+
+def test_final_keeps_stop_signals_ignored_once_one_came():
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with signals_as_interrupts(final=True):
+            pass
+        assert signal.getsignal(signal.SIGINT) == previous[signal.SIGINT]  # none came: as before
+        with pytest.raises(Interrupted):
+            with signals_as_interrupts(final=True):
+                os.kill(os.getpid(), signal.SIGINT)
+                signal.sigtimedwait([], 0.1)
+        assert signal.getsignal(signal.SIGINT) == signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+    finally:
+        for signum, action in previous.items():
+            signal.signal(signum, action)
