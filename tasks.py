@@ -1,7 +1,8 @@
 """Invoke tasks: a thin CLI over the amltrain library (options -> config -> spec -> request -> backend).
 
 Every task has --help and --dry-run; an anticipated failure prints one line and exits non-zero
-(set AMLTRAIN_DEBUG=1 for the traceback).
+(set AMLTRAIN_DEBUG=1 for the traceback). `./dev invoke` runs them through amltrain/cli.py, which gives
+failures outside the tasks (configuration, options) the same one line.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from invoke import Exit
 
 from amltrain import config, engine, images, snapshot, standin
 from amltrain.errors import ToolkitError, first_line
-from amltrain.local import control as localcontrol
-from amltrain.local import executor as localexec
-from amltrain.local import request as localrun
+from amltrain.local import control as local_control
+from amltrain.local import executor as local_executor
+from amltrain.local import request as local_request
+from amltrain.masking import error_line
 
 ROOT = Path(__file__).resolve().parent
 SDK_HELP = "Azure ML SDK: v2 (azure-ai-ml, the default) or v1 (azureml-core); default azure.sdk"
@@ -40,8 +42,9 @@ task = functools.partial(invoke.task, klass=Task)
 
 
 def one_line_errors(body):
-    """Turn ToolkitError (and unanticipated Docker errors) into invoke's Exit: one line on stderr, the
-    error's exit code, no traceback."""
+    """Turn ToolkitError (and unanticipated Docker errors) into invoke's Exit: one line on stderr, masked and
+    cut as every error line is (``masking.error_line``), the error's exit code, no traceback. Also what plain
+    ``invoke`` shows; amltrain/cli.py does the same for failures outside the tasks."""
 
     @functools.wraps(body)
     def wrapper(c, *args, **kwargs):
@@ -50,11 +53,12 @@ def one_line_errors(body):
         except ToolkitError as exc:
             if os.environ.get("AMLTRAIN_DEBUG"):
                 raise
-            raise Exit(f"error: {exc}", code=exc.exit_code) from None
+            raise Exit(error_line(str(exc)), code=exc.exit_code) from None
         except Exception as exc:  # an engine answer nobody anticipated: still one line
             if os.environ.get("AMLTRAIN_DEBUG") or not type(exc).__module__.startswith("docker."):
                 raise
-            raise Exit(f"error: Docker: {first_line(exc)} (AMLTRAIN_DEBUG=1 shows the traceback)", code=1) from None
+            raise Exit(error_line(f"Docker: {first_line(exc)} (AMLTRAIN_DEBUG=1 shows the traceback)"),
+                       code=1) from None
 
     return wrapper
 
@@ -300,15 +304,16 @@ def submit(c, target=None, compute=None, instance_type=None, nodes=None, procs_p
     job = config.job_spec(c.config, ROOT, target=target, script=script, arguments=args, env=env or [],
                           command=command, launch=launch, nodes=nodes, procs_per_node=procs_per_node,
                           require_inputs=False)
-    offline = dry_run or bool(emit_yaml)
-    if emit_yaml:
-        flow.check_emit_target(session, Path(emit_yaml))
+    offline = dry_run or emit_yaml is not None
+    if emit_yaml is not None:
+        emit_yaml = flow.emit_target(session, emit_yaml, dry_run=dry_run, wait=wait, summary=summary,
+                                     cancel_on_interrupt=cancel_on_interrupt)
     request = flow.prepare_submit(session, job, _image(c, session, job.target), offline=offline,
                                   compute_name=compute, instance_type=instance_type, inputs=input or [],
                                   wait=wait, cancel_on_interrupt=cancel_on_interrupt, summary=summary)
     session.warn(request.warnings)
-    if emit_yaml:
-        flow.emit_yaml(request, Path(emit_yaml))
+    if emit_yaml is not None:
+        flow.emit_yaml(request, emit_yaml)
     elif dry_run:
         _print_dry_submit(request)
     else:
@@ -342,25 +347,24 @@ def model(c, run=None, register=None, download=None, path=None, sdk=None, dry_ru
 
 
 def _run_local(c, *, target, script, args, inputs, env, user, dry_run, inputs_made_later=False, baked=False,
-               command=None, launch=None, nodes=None, procs_per_node=None):
+               command=None, launch=None, nodes=None, procs_per_node=None, args_setting="--args"):
     job = config.job_spec(c.config, ROOT, target=target, script=script, arguments=args, inputs=inputs, env=env,
                           command=command, launch=launch, nodes=nodes, procs_per_node=procs_per_node,
-                          require_inputs=not inputs_made_later)
+                          require_inputs=not inputs_made_later, arguments_setting=args_setting)
     image = images.image_ref(config.image_spec(c.config, job.target, ROOT))
     if baked:
         image = images.latest_code_image(image)
     gpus = config.node_gpus(config.gpus_for(c.config, job.target, engine.host_gpu_count), job.distribution,
                             engine.host_gpu_count)
-    request = localrun.local_request(job, image, config.local_settings(c.config, ROOT, user, gpus),
+    request = local_request.local_request(job, image, config.local_settings(c.config, ROOT, user, gpus, for_run=True),
                                      code_in_image=images.CODE_ROOT if baked else "")
     if dry_run:
-        _print_yaml(localrun.describe(request))
+        _print_yaml(local_request.describe(request))
         return
     d = job.distribution
     shape = "" if d.single_process else f", {d.nodes} node(s) x {d.procs_per_node} process(es), {d.launch}"
-    print(f"run {request.run_id}: {image}{shape}, results in {request.run_dir}", flush=True)
     started = time.monotonic()
-    localexec.run(request)
+    local_executor.run(request, announce=f"run {request.run_id}: {image}{shape}, results in {request.run_dir}")
     print(f"run {request.run_id} completed in {time.monotonic() - started:.1f} s; outputs in "
           f"{request.run_dir / 'outputs'}")
 
@@ -401,7 +405,7 @@ def _runs_dir(c) -> Path:
 @one_line_errors
 def local_status(c, dry_run=False):
     """List local runs: running ones (from Docker, any shell) and the newest finished ones (runs folder)."""
-    rows = localcontrol.status(localcontrol.active_runs(engine.connect()), _runs_dir(c))
+    rows = local_control.status(local_control.active_runs(engine.connect()), _runs_dir(c))
     if not rows:
         print(f"no local runs running or in {_runs_dir(c)}")
     for row in rows:
@@ -420,13 +424,13 @@ def local_logs(c, run=None, rank=None, follow=False, dry_run=False):
     if rank is not None and not str(rank).isdigit():
         raise ToolkitError(f"--rank {rank!r} is not a rank number", "e.g. --rank 0")
     client = engine.connect()
-    folder = localcontrol.run_dir(localcontrol.active_runs(client), _runs_dir(c), run)
+    folder = local_control.run_dir(local_control.active_runs(client), _runs_dir(c), run)
     rank = int(rank) if rank is not None else None
     if dry_run:
-        for _, path in localcontrol.rank_logs(folder, rank):
+        for _, path in local_control.rank_logs(folder, rank):
             print(f"would read {path}")
         return
-    localcontrol.print_logs(client, folder, rank, follow, sys.stdout)
+    local_control.print_logs(client, folder, rank, follow, sys.stdout)
 
 
 @task(help={"run": "Run id (see local-status)",
@@ -437,9 +441,9 @@ def local_cancel(c, run=None, all=False, dry_run=False):
     """Stop a running local run from any shell: all its containers and its network; results are kept."""
     if bool(run) == bool(all):
         raise ToolkitError("name one run (--run ID) or give --all", "`invoke local-status` lists the runs")
-    targets = localcontrol.cancel_targets(engine.connect(), run)
+    targets = local_control.cancel_targets(engine.connect(), run)
     if not dry_run:
-        localcontrol.cancel(targets)
+        local_control.cancel(targets)
     for rid, (containers, networks) in targets.items():
         print(f"{'would cancel' if dry_run else 'cancelled'} {rid}: {len(containers)} container(s) and "
               f"{len(networks)} network(s){'' if dry_run else ' removed; results kept'}")
@@ -475,5 +479,5 @@ def smoke(c, dry_run=False):
     data_dir = str(ROOT / str(smoke_cfg.get("data_dir")))
     build(c, target="cpu", dry_run=dry_run)
     fowl_data(c, out=data_dir, dry_run=dry_run)
-    _run_local(c, target="cpu", script=None, args=str(smoke_cfg.get("arguments")), inputs=[f"data={data_dir}"],
-               env=[], user=None, dry_run=dry_run, inputs_made_later=dry_run)
+    _run_local(c, target="cpu", script=None, args=str(smoke_cfg.get("arguments") or ""), inputs=[f"data={data_dir}"],
+               env=[], user=None, dry_run=dry_run, inputs_made_later=dry_run, args_setting="smoke.arguments")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 
-from .errors import ToolkitError
+from .errors import ToolkitError, first_line
 
 ENGINE_HINT = "start it (e.g. `sudo dockerd &` or `sudo systemctl start docker`) or set DOCKER_HOST"
 
@@ -35,7 +35,7 @@ def connect():
         client = _client_from_context()
         client.ping()
     except docker.errors.DockerException as exc:
-        reason = str(exc).splitlines()[0][:160]
+        reason = first_line(exc, 160)
         raise ToolkitError(f"the Docker engine is not reachable: {reason}", ENGINE_HINT) from None
     return client
 

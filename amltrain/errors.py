@@ -20,6 +20,16 @@ class ToolkitError(Exception):
         return f"{self.message} ({self.hint})" if self.hint else self.message
 
 
-def first_line(exc: BaseException) -> str:
+def cut(text: str, limit: int = 300) -> str:
+    """``text`` on one line and at most about ``limit`` characters, cut between words (never inside a token,
+    which could leave half a secret or an unusable path) and marked with `…` where it was cut."""
+    text = " ".join(text.split())
+    if len(text) <= limit:
+        return text
+    head = text[:limit + 1].rsplit(" ", 1)[0]
+    return (head if head != text[:limit + 1] else text[:limit]) + " …"
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
     """An exception's reason on one line: docker-py's ``explanation`` (the engine's own words) when it has one."""
-    return (str(getattr(exc, "explanation", None) or exc).splitlines() or [""])[0][:300]
+    return cut((str(getattr(exc, "explanation", None) or exc).splitlines() or [""])[0], limit)

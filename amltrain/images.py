@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import engine, snapshot
-from .errors import ToolkitError
+from .errors import ToolkitError, cut
 from .masking import mask_url_credentials
 from .spec import BuildSettings, ImageSpec
 
@@ -236,7 +236,7 @@ def diagnose_build_failure(tail: list[str], request: BuildRequest, code: int) ->
     ours = [m.group(1) for line in tail if (m := re.match(r"#\d+ [\d.]+ (error: .*)", line))]
     errors = [line for line in tail if line.startswith("error:") or "ERROR" in line or "failed to solve" in line]
     detail = (ours or errors or tail or ["no output"])[-1]
-    return ToolkitError(f"docker build of {request.image} failed (exit {code}): {detail[:300]}", exit_code=code or 1)
+    return ToolkitError(f"docker build of {request.image} failed (exit {code}): {cut(detail)}", exit_code=code or 1)
 
 
 @dataclass(frozen=True)
@@ -286,7 +286,7 @@ def build_code(request: CodeBuildRequest) -> bool:
     result = subprocess.run(argv, input=context, capture_output=True, env={**os.environ, "DOCKER_BUILDKIT": "1"})
     if result.returncode != 0:
         lines = (result.stdout + result.stderr).decode(errors="replace").splitlines() or ["no output"]
-        raise ToolkitError(f"building code image {request.image} failed: {lines[-1][:300]}")
+        raise ToolkitError(f"building code image {request.image} failed: {cut(lines[-1])}")
     _tag(client, request.image, latest_code_ref(request.base))
     return True
 

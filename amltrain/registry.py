@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .errors import ToolkitError
+from .masking import MASK
 
 TRANSIENT = ("connection refused", "connection reset", "connection aborted", "timeout", "timed out", "eof",
              "502", "503", "504", "500 internal", "too many requests", "429", "temporarily unavailable",
@@ -86,7 +87,7 @@ class PushRequest:
         return f"{self.remote_repository}:{self.tag}"
 
     def describe(self) -> dict:
-        login = (f"{self.credentials.username} / **** ({self.credential_source})" if self.credentials
+        login = (f"{self.credentials.username} / {MASK} ({self.credential_source})" if self.credentials
                  else self.credential_source or "Docker's credential store")
         return {"image": self.local, "push_to": self.remote, "registry": self.registry, "login": login,
                 "skip": "when the registry's digest for the tag is the one this engine pushed, or when this "

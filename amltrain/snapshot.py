@@ -21,12 +21,52 @@ MAX_BYTES = 300 * 1024 * 1024
 ALWAYS_IGNORED = (".git/",)
 
 
+def ignore_file(source_dir: Path) -> Path | None:
+    """The file whose rules apply: ``.amlignore``, else ``.gitignore``, else none."""
+    return next((source_dir / n for n in (".amlignore", ".gitignore") if (source_dir / n).is_file()), None)
+
+
 def ignore_patterns(source_dir: Path) -> list[str]:
-    for name in (".amlignore", ".gitignore"):
-        path = source_dir / name
-        if path.is_file():
-            return [*ALWAYS_IGNORED, *path.read_text(encoding="utf-8").splitlines()]
-    return list(ALWAYS_IGNORED)
+    path = ignore_file(source_dir)
+    if path is None:
+        return list(ALWAYS_IGNORED)
+    try:
+        return [*ALWAYS_IGNORED, *path.read_text(encoding="utf-8").splitlines()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ToolkitError(f"cannot read {path}: {getattr(exc, 'strerror', None) or 'not UTF-8 text'}",
+                           "it must be a readable UTF-8 text file of gitignore patterns") from None
+
+
+def present(path: Path, check=Path.exists) -> bool:
+    """``path.exists()`` (or ``is_file``, ``is_dir``) that takes a name the system refuses (too long, not
+    searchable) as not there, instead of raising: the paths checked come from users."""
+    try:
+        return check(path)
+    except OSError:
+        return False
+
+
+def script_path(source_dir: Path, script: str) -> str:
+    """The job's script as the snapshot names it (relative, POSIX); refused when it is not inside the source
+    directory, which is all Azure ML uploads. Both backends take the script from here."""
+    path = Path(os.path.normpath(source_dir / os.path.expanduser(script)))
+    if not path.is_relative_to(source_dir):
+        raise ToolkitError(f"script {script} is outside the source directory {source_dir}",
+                           "Azure ML uploads only job.source_dir: move the script into it, or set job.source_dir "
+                           "to a folder that holds it")
+    if not present(path, Path.is_file):
+        raise ToolkitError(f"script {script} not found in source directory {source_dir}",
+                           "the script path is relative to job.source_dir")
+    return path.relative_to(source_dir).as_posix()
+
+
+def check_script(source_dir: Path, script: str, names: tuple[str, ...]) -> None:
+    """The script must be in the snapshot (``files``): what an ignore file excludes never reaches a cluster, so
+    neither backend runs it."""
+    if script and script not in names:
+        rules = ignore_file(source_dir)
+        raise ToolkitError(f"script {script} is excluded from the snapshot by {rules or 'the ignore rules'}",
+                           f"Azure ML would not upload it either; change {rules.name if rules else 'the rules'}")
 
 
 def files(source_dir: Path) -> tuple[str, ...]:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
 from amltrain import config
 
 ROOT = Path(__file__).resolve().parent.parent
+# The entry point a user runs (`./dev invoke …` runs it): the console script beside this interpreter.
+CLI = str(Path(sys.executable).with_name("amltrain"))
 
 
 def copy_project(dst: Path, names: tuple[str, ...]) -> Path:

@@ -17,12 +17,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from ..errors import ToolkitError
+from ..errors import ToolkitError, cut
 from ..masking import mask_url_credentials
 from .settings import WorkspaceRef
 from .workspace import LOGIN_HINT
 
 ACR_TOKEN_USER = "00000000-0000-0000-0000-000000000000"  # the user name ACR expects with an AAD refresh token
+
+
+def login_server(registry_arm_id: str) -> str | None:
+    """The workspace's ACR as ``docker`` names it, from its ARM id (``…/registries/NAME``); None for none yet."""
+    name = registry_arm_id.rstrip("/").rsplit("/", 1)[-1].lower() if registry_arm_id else ""
+    return f"{name}.azurecr.io" if name else None
 
 
 @dataclass(frozen=True)
@@ -33,6 +39,15 @@ class ComputeInfo:
     max_nodes: int
     state: str = ""
     kind: str = "AmlCompute"
+    identity: str | None = None  # "" none, "system", or user-assigned resource ids ("," between); None: not known
+
+
+def identity_of(kind: str, user_assigned=()) -> str:
+    """A cluster's managed identity in ``ComputeSpec.identity``'s words, from the service's kind and ids."""
+    kind = str(kind or "").lower().replace("_", "")
+    if "user" in kind:
+        return ",".join(sorted(str(i) for i in user_assigned or ()))
+    return "system" if "system" in kind else ""
 
 
 @dataclass(frozen=True)
@@ -102,7 +117,7 @@ def azure_message(exc: BaseException) -> str:
             line = f"{code.group(1)}: {line}"
     else:
         line = next((part.strip() for part in text.splitlines() if part.strip()), type(exc).__name__)
-    return mask_url_credentials(" ".join(line.split()))[:240]
+    return cut(mask_url_credentials(line), 240)
 
 
 def azure_hint(exc: BaseException, default: str = "") -> str:

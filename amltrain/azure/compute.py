@@ -64,5 +64,9 @@ def _existing(backend, spec: ComputeSpec, existing, out):
         print(f"warning: compute {spec.name} exists as {existing.vm_size}, {existing.min_nodes}-"
               f"{existing.max_nodes} nodes (asked {spec.vm_size}, {spec.min_nodes}-{spec.max_nodes}); "
               "used as it is", file=out)
+    if spec.identity and existing.identity is not None and existing.identity.lower() != spec.identity.lower():
+        print(f"warning: compute {spec.name} has identity {existing.identity or 'none'}, not {spec.identity}: it "
+              "is not changed here, so its nodes pull images as before (set the identity in the studio or with "
+              "az ml compute update)", file=out)
     print(f"compute {spec.name} exists ({existing.state or 'state unknown'}): nothing created", file=out)
     return existing

@@ -17,11 +17,11 @@ from pathlib import Path
 
 from .. import config, engine, images
 from ..errors import ToolkitError
-from ..masking import masked
+from ..masking import mask_text, masked
 from ..registry import KnownImage, local_image, push, pushed_image
 from ..spec import JobSpec
 from . import acr, compute, environment, model, preflight, submit, workspace
-from .plan import git_commit, plan, tags
+from .plan import SERVERLESS, git_commit, plan, tags
 from .settings import AzureSettings, ComputeSpec
 
 SDK_PACKAGES = {"v1": ("azureml.core", "azureml-core"), "v2": ("azure.ai.ml", "azure-ai-ml")}
@@ -44,8 +44,8 @@ class AzureSession:
     """The settings, the chosen SDK and, once asked for, the workspace: signed in at most once per task."""
 
     def __init__(self, settings: AzureSettings, root: Path, out=None, find_image=None):
-        """``find_image(ImageChoice) -> KnownImage``: how a real run finds its image (default: this Docker
-        engine, else the registry under the same tag)."""
+        """``find_image(ImageChoice, offline) -> KnownImage | None``: how a run finds its image (default: this
+        Docker engine; a real run then asks the registry under the same tag; a dry run asks nobody)."""
         self.settings = settings
         self.root = root
         self.sdk = load_sdk(settings.sdk)
@@ -73,12 +73,17 @@ class AzureSession:
             self._backend = self.sdk.connect(self.settings, self.root)
         return self._backend
 
-    def _built_or_pushed(self, image: ImageChoice) -> KnownImage:
+    def _built_or_pushed(self, image: ImageChoice, offline: bool) -> KnownImage | None:
+        if offline:  # what a dry run may know: built (and maybe pushed) by this engine; nothing without one
+            try:
+                return local_image(engine.connect(), image.local_ref, image.target)
+            except ToolkitError:
+                return None
         return acr.built_or_pushed(engine.connect(), self.settings, image.local_ref, image.target, self.backend)
 
     def warn(self, lines) -> None:
         for line in lines:
-            print(f"{self.warning_prefix}{line}", file=self.out, flush=True)
+            print(f"{self.warning_prefix}{mask_text(line)}", file=self.out, flush=True)
 
 
 @dataclass(frozen=True)
@@ -94,16 +99,8 @@ class ImageChoice:
 def image_choice(cfg, target: str | None, root: Path) -> ImageChoice:
     target = target or str(config.section(cfg, "job").get("target") or "cpu")
     spec = config.image_spec(cfg, target, root)
-    gpu = bool(config.section(config.section(cfg, "images"), target).get("gpu"))
+    gpu = bool(config.section(cfg, f"images.{target}").get("gpu"))
     return ImageChoice(target, images.image_ref(spec), gpu, tuple(preflight.check_base_image(spec.base_image, gpu)))
-
-
-def _known_locally(image: ImageChoice) -> KnownImage | None:
-    """What a dry run may know of the image: built (and maybe pushed) by this engine; None without an engine."""
-    try:
-        return local_image(engine.connect(), image.local_ref, image.target)
-    except ToolkitError:
-        return None
 
 
 def _environment_ref(session: AzureSession, image: ImageChoice, known: KnownImage | None, offline: bool):
@@ -187,9 +184,11 @@ class RegisterFlow:
 def prepare_register(session: AzureSession, image: ImageChoice, offline: bool) -> RegisterFlow:
     if not offline:
         session.workspace()
-    known = _known_locally(image) if offline else session.find_image(image)
+    known = session.find_image(image, offline)
     ref = _environment_ref(session, image, known, offline)
-    warnings = preflight.pull_warnings(session.settings, session.settings.computes.get(session.settings.compute))
+    default = session.settings.compute
+    warnings = preflight.pull_warnings(session.settings, session.settings.computes.get(default),
+                                       serverless=default == SERVERLESS)
     return RegisterFlow(session, image, ref, session.sdk.environment(ref, session.settings), tuple(warnings))
 
 
@@ -225,13 +224,10 @@ class SubmitFlow:
     summary: Path | None = None
     notes: dict = field(default_factory=dict)
 
-    def document(self) -> dict:
-        """What the SDK is handed, as it reads it back (v2: the job YAML ``az ml job create -f`` takes), masked."""
-        if self.session.settings.sdk == "v2":
-            import yaml
-
-            return masked(yaml.safe_load(self.session.sdk.job_yaml(self.request.job)))
-        return masked(self.session.sdk.job_document(self.request.job))
+    def document(self, folder: Path | None = None) -> dict:
+        """What the SDK is handed, as it reads it back (v2: the job YAML ``az ml job create -f`` takes, with
+        ``code`` relative to ``folder``), masked."""
+        return masked(self.session.sdk.job_document(self.request.job, folder))
 
     def describe(self) -> dict:
         p, r = self.request.plan, self.request
@@ -269,7 +265,7 @@ def prepare_submit(session: AzureSession, job: JobSpec, image: ImageChoice, *, o
         s.workspace()
         if summary:
             check_writable(Path(summary), "summary file")
-    known = _known_locally(image) if offline else s.find_image(image)
+    known = s.find_image(image, offline)
     ref = _environment_ref(s, image, known, offline)
     run_tags = tags(p, ref, known, git_commit(job.source_dir))
     request = submit.SubmitRequest(p, job.experiment, ref, s.sdk.job(p, ref, s.settings, run_tags), run_tags)
@@ -286,8 +282,12 @@ def prepare_submit(session: AzureSession, job: JobSpec, image: ImageChoice, *, o
 def check_writable(path: Path, what: str) -> None:
     """Before anything is started: a file to append to later must be writable (else one line now)."""
     folder = path.parent if str(path.parent) else Path(".")
-    writable = os.access(path, os.W_OK) if path.exists() else folder.is_dir() and os.access(folder, os.W_OK)
-    if path.is_dir() or not writable:
+    try:
+        writable = os.access(path, os.W_OK) if path.exists() else folder.is_dir() and os.access(folder, os.W_OK)
+        writable = writable and not path.is_dir()
+    except OSError:  # a name the system refuses (too long)
+        writable = False
+    if not writable:
         raise ToolkitError(f"cannot write the {what} {path}", "give a writable file path")
 
 
@@ -306,30 +306,60 @@ class ModelFlow:
 
 def prepare_model(session: AzureSession, run_id: str, register: str | None, download: str | None,
                   path: str | None) -> ModelFlow:
+    if run_id:  # it becomes part of a REST path and an azureml://jobs/… URI
+        preflight.check_name(run_id, "job", "--run")
     if register:
         preflight.check_name(register, "model", "--register")
     return ModelFlow(session, model.model_request(run_id, register, download, path, session.root))
 
 
 # --- emit-yaml -------------------------------------------------------------------------------------------------
-def check_emit_target(session: AzureSession, path: Path) -> None:
-    """Before anything is planned: only a v2 job has a YAML form, and the file must be writable."""
+def emit_target(session: AzureSession, given: str, **others) -> Path:
+    """Before anything is planned: only a v2 job has a YAML form, nothing else is asked of the task (it submits
+    nothing), and the file is a regular file in a writable folder."""
     if session.settings.sdk != "v2":
         raise ToolkitError("--emit-yaml writes an SDK v2 job (for az ml job create -f); this task uses SDK v1",
                            "add --sdk v2")
+    if not given.strip():
+        raise ToolkitError("--emit-yaml needs a file name", "e.g. --emit-yaml job.yml")
+    clashing = [f"--{name.replace('_', '-')}" for name, value in others.items() if value]
+    if clashing:
+        raise ToolkitError(f"--emit-yaml writes the job and submits nothing: {', '.join(clashing)} would not apply",
+                           "drop one of them")
+    path = Path(given)
+    if path.exists() and (path.is_symlink() or not path.is_file()):
+        raise ToolkitError(f"--emit-yaml {given} is not a regular file", "give a new or a regular file's path")
     check_writable(path, "job YAML file")
+    if not os.access(path.parent if str(path.parent) else ".", os.W_OK):  # the file is written beside it first
+        raise ToolkitError(f"cannot write into {path.parent}", "give a path in a writable folder")
+    return path
 
 
 def emit_yaml(flow: SubmitFlow, path: Path) -> None:
-    """The job YAML, secrets masked (a warning says which to fill in), written whole or not at all."""
+    """The job YAML, written whole or not at all. Values named like secrets are masked (the warning names them:
+    better a key vault reference there); tags this machine could not know (the registry, the digest) are left
+    out rather than recorded wrong on a real job."""
     import yaml
 
-    document = yaml.safe_load(flow.session.sdk.job_yaml(flow.request.job, path.resolve().parent))
-    shown = masked(document)
-    if shown != document:
-        flow.session.warn([f"secret-looking values are masked in {path}: fill them in (better: a key vault "
-                           "reference) before az ml job create -f"])
+    shown = flow.document(path.resolve().parent)
+    plain = flow.session.sdk.job_document(flow.request.job, path.resolve().parent)
+    hidden = sorted(_masked_keys(plain, shown))
+    if hidden:
+        flow.session.warn([f"masked in {path}: {', '.join(hidden)}; fill them in before az ml job create -f"])
+    shown["tags"] = {k: v for k, v in (shown.get("tags") or {}).items()
+                     if v != "unknown" and acr.WORKSPACE_ACR not in str(v)}
     partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(yaml.safe_dump(shown, sort_keys=False, width=1000), encoding="utf-8")
-    partial.replace(path)
+    try:
+        partial.write_text(yaml.safe_dump(shown, sort_keys=False, width=1000), encoding="utf-8")
+        partial.replace(path)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        raise ToolkitError(f"cannot write {path}: {exc.strerror or exc}", "give a writable file path") from None
     print(f"wrote {path}: az ml job create -f {path} submits it (nothing submitted)", file=flow.session.out)
+
+
+def _masked_keys(plain, shown, prefix: str = "") -> list[str]:
+    """Where ``masked`` changed a value: the keys a user must fill in."""
+    if isinstance(plain, dict):
+        return [key for k in plain for key in _masked_keys(plain[k], shown.get(k), f"{prefix}{k}.")]
+    return [prefix.rstrip(".")] if plain != shown else []

@@ -7,12 +7,15 @@ records the run as its source, so the lineage model -> run -> image -> commit is
 from __future__ import annotations
 
 import contextlib
+import os
+import posixpath
 import shutil
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import config
 from ..errors import ToolkitError
 
 
@@ -40,14 +43,16 @@ def model_request(run_id: str, register: str | None, download: str | None, path:
     if not register and not download:
         raise ToolkitError("nothing to do: give --register NAME and/or --download DIR",
                            "e.g. invoke model --run RUN_ID --register pytorch-birds --download ./model")
-    model_path = (path or "outputs").strip("/")
+    model_path = posixpath.normpath((path or "outputs").strip("/"))  # outputs/../x is not under outputs/
     if model_path != "outputs" and not model_path.startswith("outputs/"):
-        raise ToolkitError(f"model path {model_path!r} is not under outputs/", "a run's model is in its outputs/")
+        raise ToolkitError(f"model path {path!r} is not under outputs/", "a run's model is in its outputs/")
     request = ModelRequest(run_id=run_id, register_as=register or "", model_path=model_path,
-                           download_to=(root / download).resolve() if download else None)
-    if request.download_to and (request.download_to / request.prefix).exists():
-        raise ToolkitError(f"{request.download_to / request.prefix} exists already",
-                           "remove it, or choose another --download folder")
+                           download_to=(root / os.path.expanduser(download)).resolve() if download else None)
+    if request.download_to:  # checked here, offline: before the run's files are listed
+        config.folder(request.download_to, "--download")
+        if (request.download_to / request.prefix).exists():
+            raise ToolkitError(f"{request.download_to / request.prefix} exists already",
+                               "remove it, or choose another --download folder")
     return request
 
 

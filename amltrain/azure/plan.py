@@ -66,6 +66,8 @@ def plan(job: JobSpec, settings: AzureSettings, compute: str | None, inputs: Ite
         check_references(text, remote)
     names = snapshot.files(job.source_dir)
     size = snapshot.check_limits(job.source_dir, names)
+    if not job.command:
+        snapshot.check_script(job.source_dir, job.script, names)
     return Plan(job=job, compute=spec, inputs=remote, communication=communication, snapshot_files=len(names),
                 snapshot_bytes=size, warnings=tuple(warnings))
 
@@ -79,12 +81,15 @@ def _compute(settings: AzureSettings, compute: str | None, instance_type: str | 
         if not size:
             raise ToolkitError("serverless compute needs an instance type",
                                "give --instance-type SIZE (e.g. Standard_NC24ads_A100_v4) or set azure.instance_type")
-        preflight.check_vm_size(size)
+        preflight.check_vm_size(size, "--instance-type")
         return ComputeSpec(name=SERVERLESS, vm_size=size, max_nodes=0, declared=True)
     if instance_type:
         raise ToolkitError(f"--instance-type is for serverless compute; cluster {name} has its own VM size",
                            "drop --instance-type, or give --compute serverless")
-    return settings.computes.get(name) or ComputeSpec(name=name, declared=False)
+    if name in settings.computes:
+        return settings.computes[name]
+    preflight.check_name(name, "compute", "--compute or azure.compute")
+    return ComputeSpec(name=name, declared=False)
 
 
 def git_commit(folder: Path) -> str:

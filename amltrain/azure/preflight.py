@@ -66,12 +66,12 @@ def gpus_per_node(vm_size: str) -> int | None:
     return None if key.startswith("standard_n") else 0
 
 
-def check_vm_size(vm_size: str) -> None:
+def check_vm_size(vm_size: str, option: str = "--vm-size") -> None:
     retired = RETIRED.get(vm_size.strip().lower())
     if retired:
         when, replacement = retired
         raise ToolkitError(f"VM size {vm_size} was retired by Azure ({when}); clusters of it no longer run",
-                           f"use {replacement} (same GPU count), e.g. --vm-size {replacement}")
+                           f"use {replacement} (same GPU count), e.g. {option} {replacement}")
 
 
 def communication_backend(vm_size: str) -> str:
@@ -139,8 +139,10 @@ def pull_warnings(settings, cluster=None, serverless: bool = False) -> list[str]
     credentials = settings.sdk == "v1" and bool(registry.username)  # v2 Environments carry no credentials
     warnings = []
     if foreign and not credentials and not identity:
+        who = ("the workspace's user-assigned identity (serverless compute has no identity of its own)" if serverless
+               else "the compute's identity (azure.computes.NAME.identity)")
         warnings.append(f"Azure ML gets no credentials for {registry.address}: the compute can pull from it only if "
-                        "it is public or the compute's identity has AcrPull on it (azure.computes.NAME.identity)"
+                        f"it is public or {who} has AcrPull on it"
                         + (", or with azure.registry.username (SDK v1)" if settings.sdk == "v1" else ""))
     if serverless and not foreign and registry.auth != "admin":
         warnings.append("serverless compute pulls the workspace's ACR with its admin user or the workspace's "

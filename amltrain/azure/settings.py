@@ -8,14 +8,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import SIZE, choice, flag, key_values, section, whole
+from ..config import choice, flag, key_values, number, section, size, whole
 from ..errors import ToolkitError
 from ..spec import frozen_map
 from .preflight import check_name
 
 SDKS = ("v2", "v1")
 AUTH_MODES = ("auto", "cli", "service-principal", "managed-identity", "github-oidc")
-REGISTRY_SDKS = ("v2", "v1")
 REGISTRY_AUTH_MODES = ("aad", "admin", "basic", "docker")
 # The one place a registry password may come from (basic auth): never a file, never an option.
 REGISTRY_PASSWORD_ENV = "AMLTRAIN_REGISTRY_PASSWORD"
@@ -80,20 +79,17 @@ def from_config(cfg: Mapping[str, Any], sdk: str | None = None) -> AzureSettings
     """``azure:`` as validated settings. Reads no file and contacts nothing (the workspace config.json is
     searched later, by ``amltrain.azure.workspace``, only by the tasks that need a workspace)."""
     azure = section(cfg, "azure")
-    registry = section(azure, "registry")
-    push = section(azure, "push")
-    submit = section(azure, "submit")
-    shm_size = str(submit.get("shm_size") or "2g")
-    if not SIZE.fullmatch(shm_size):
-        raise ToolkitError(f"azure.submit.shm_size {shm_size!r} is not a size", "e.g. 2g, 16g")
-    try:
-        backoff = float(push.get("backoff_seconds", 2))
-    except (TypeError, ValueError):
-        backoff = -1.0
-    if backoff < 0:
-        raise ToolkitError(f"azure.push.backoff_seconds {push.get('backoff_seconds')!r} is not a number of "
-                           "seconds", "e.g. 2")
-    computes = {name: _declared_compute(name, body) for name, body in section(azure, "computes").items()}
+    registry = section(cfg, "azure.registry")
+    push = section(cfg, "azure.push")
+    submit = section(cfg, "azure.submit")
+    shm_size = size(submit.get("shm_size"), "azure.submit.shm_size")
+    backoff = number(push.get("backoff_seconds", 2), "azure.push.backoff_seconds", 0, "seconds, e.g. 2")
+    computes = {name: _declared_compute(name, body) for name, body in section(cfg, "azure.computes").items()}
+    address = str(registry.get("address") or "").strip().rstrip("/")
+    if "@" in address:  # user:password@host would be printed by every dry run and kept in the Environment
+        raise ToolkitError("azure.registry.address carries credentials",
+                           f"give the host only; for a password: azure.registry.auth basic, azure.registry.username "
+                           f"and ${REGISTRY_PASSWORD_ENV}")
     return AzureSettings(
         sdk=choice(sdk or azure.get("sdk"), "azure.sdk (or --sdk)", SDKS, "v2"),
         subscription_id=str(azure.get("subscription_id") or ""),
@@ -102,21 +98,21 @@ def from_config(cfg: Mapping[str, Any], sdk: str | None = None) -> AzureSettings
         config_file=str(azure.get("config_file") or ""),
         auth=choice(azure.get("auth"), "azure.auth", AUTH_MODES, "auto"),
         registry=RegistrySettings(
-            address=str(registry.get("address") or "").strip().rstrip("/"),
+            address=address,
             repository=str(registry.get("repository") or section(cfg, "images").get("repository") or "amltrain"),
             auth=choice(registry.get("auth"), "azure.registry.auth", REGISTRY_AUTH_MODES, "aad"),
             username=str(registry.get("username") or ""),
         ),
         push_retries=whole(push.get("retries", 3), "azure.push.retries"),
         push_backoff_seconds=backoff,
-        environment_name=str(section(azure, "environment").get("name") or ""),
+        environment_name=str(section(cfg, "azure.environment").get("name") or ""),
         compute=str(azure.get("compute") or ""),
         instance_type=str(azure.get("instance_type") or ""),
         computes=frozen_map(computes),
         shm_size=shm_size,
         max_run_duration_seconds=whole(submit.get("max_run_duration_seconds", 86400),
                                         "azure.submit.max_run_duration_seconds", 1),
-        inputs=frozen_map(key_values((f"{k}={v}" for k, v in section(submit, "inputs").items()), "input")),
+        inputs=frozen_map(key_values((f"{k}={v}" for k, v in section(cfg, "azure.submit.inputs").items()), "input")),
     )
 
 
@@ -133,13 +129,20 @@ def compute_spec(name: str, configured: Mapping[str, Any] | None = None, *, vm_s
     """A cluster from its declaration (``azure.computes.NAME``) with task options winning."""
     configured = configured or {}
     check_name(name, "compute", "--name, azure.compute or azure.computes")
+    if name == "serverless":
+        raise ToolkitError("serverless is not a cluster: `submit --compute serverless` needs none",
+                           "give --instance-type to submit instead, or another --name")
+
+    def option(value, key: str, default):  # the option when given, else the declaration; named as given
+        return (value, f"--{key.replace('_', '-')}") if value is not None else \
+            (configured.get(key, default), f"azure.computes.{name}.{key}")
+
     spec = ComputeSpec(
         name=name,
         vm_size=str(vm_size or configured.get("vm_size") or ""),
-        min_nodes=whole(min_nodes if min_nodes is not None else configured.get("min_nodes", 0), "min-nodes"),
-        max_nodes=whole(max_nodes if max_nodes is not None else configured.get("max_nodes", 4), "max-nodes", 1),
-        idle_seconds=whole(idle_seconds if idle_seconds is not None else configured.get("idle_seconds", 1800),
-                            "idle-seconds"),
+        min_nodes=whole(*option(min_nodes, "min_nodes", 0)),
+        max_nodes=whole(*option(max_nodes, "max_nodes", 4), 1),
+        idle_seconds=whole(*option(idle_seconds, "idle_seconds", 1800)),
         low_priority=flag(low_priority if low_priority is not None else configured.get("low_priority")),
         identity=_identity(identity if identity is not None else configured.get("identity"), name),
         declared=declared,

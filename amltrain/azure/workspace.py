@@ -21,16 +21,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
-from ..errors import ToolkitError
+from ..errors import ToolkitError, cut
+from ..snapshot import present
 from .settings import AzureSettings, WorkspaceRef
 
 # Workspace.from_config's order: each of these, in the start folder and then every folder above, before the next.
@@ -88,9 +86,9 @@ def workspace_ref(settings: AzureSettings, start: Path) -> WorkspaceRef:
                            "together", NO_WORKSPACE_HINT)
     if settings.config_file:  # a file, or a folder to search from (as from_config's path)
         path = (start / os.path.expanduser(settings.config_file)).resolve()
-        if path.is_file():
+        if present(path, Path.is_file):
             return read_config(path)
-        if not path.is_dir():
+        if not present(path, Path.is_dir):
             raise ToolkitError(f"azure.config_file {path} does not exist", NO_WORKSPACE_HINT)
         start = path
     found = find_config(start)
@@ -113,52 +111,6 @@ def auth_mode(configured: str, environ: Mapping[str, str]) -> str:
     return "cli"
 
 
-def make_auth(mode: str, environ: Mapping[str, str]):
-    """azureml-core's credential object for ``mode``; building it contacts nothing."""
-    from azureml.core.authentication import MsiAuthentication, ServicePrincipalAuthentication
-
-    if mode == "service-principal":
-        missing = [name for name in SP_VARS if not environ.get(name)]
-        if missing:
-            raise ToolkitError(f"service-principal auth needs {', '.join(missing)}", "set them in the environment")
-        return ServicePrincipalAuthentication(tenant_id=environ["AZURE_TENANT_ID"],
-                                              service_principal_id=environ["AZURE_CLIENT_ID"],
-                                              service_principal_password=environ["AZURE_CLIENT_SECRET"])
-    if mode == "managed-identity":
-        client_id = environ.get("AZURE_CLIENT_ID")  # a user-assigned identity; else the system-assigned one
-        return MsiAuthentication(identity_config={"client_id": client_id} if client_id else None)
-    if mode == "github-oidc":
-        missing = [name for name in GITHUB_OIDC_VARS if not environ.get(name)]
-        if missing:
-            raise ToolkitError(f"github-oidc auth needs {', '.join(missing)}",
-                               "run it in a GitHub Actions job with `permissions: id-token: write` and set "
-                               "AZURE_CLIENT_ID and AZURE_TENANT_ID from secrets")
-        return refreshing_arm_token(lambda: github_oidc_arm_token(environ))
-    return refreshing_arm_token(cli_arm_token)
-
-
-def refreshing_arm_token(fetch: Callable[[], str]):
-    """An azureml-core credential for an ARM token from ``fetch``, fetched again before it gets old, so SDK calls
-    during a long ``--wait`` keep working (tokens live 60-90 minutes). The class is made on first use: it
-    derives from azureml-core's, which is imported only by the Azure tasks."""
-    from azureml.core.authentication import ArmTokenAuthentication
-
-    class _refreshing_arm_token(ArmTokenAuthentication):
-        REFRESH_AFTER = 30 * 60
-
-        def __init__(self):
-            self._fetched_at = time.monotonic()
-            super().__init__(fetch(), cloud="AzureCloud")
-
-        def _get_arm_token(self):  # the hook AbstractAuthentication.get_authentication_header calls
-            if time.monotonic() - self._fetched_at > self.REFRESH_AFTER:
-                self.update_arm_access_token(fetch())
-                self._fetched_at = time.monotonic()
-            return super()._get_arm_token()
-
-    return _refreshing_arm_token()
-
-
 def _http_json(request: urllib.request.Request, what: str, hint: str) -> dict:
     """One HTTP exchange whose answer is JSON; a refusal is one line with the service's own description."""
     try:
@@ -171,7 +123,7 @@ def _http_json(request: urllib.request.Request, what: str, hint: str) -> dict:
             body = {}
         body = body if isinstance(body, dict) else {}
         said = body.get("error_description") or body.get("message") or body.get("error") or exc.reason
-        said = str(said).strip().splitlines()[0][:300] if str(said).strip() else f"HTTP {exc.code}"
+        said = cut(str(said).strip().splitlines()[0]) if str(said).strip() else f"HTTP {exc.code}"
         raise ToolkitError(f"{what} was refused (HTTP {exc.code}): {said}", hint) from None
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
@@ -195,22 +147,6 @@ def github_id_token(environ: Mapping[str, str]) -> str:
     return assertion
 
 
-def github_oidc_arm_token(environ: Mapping[str, str]) -> str:
-    """A new GitHub Actions ID token exchanged at Entra for an ARM token of the app it federates (SDK v1)."""
-    assertion = github_id_token(environ)
-    authority = environ.get("AZURE_AUTHORITY_HOST", "https://login.microsoftonline.com").rstrip("/")
-    form = urllib.parse.urlencode({
-        "client_id": environ["AZURE_CLIENT_ID"], "scope": ARM_SCOPE, "grant_type": "client_credentials",
-        "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
-        "client_assertion": assertion}).encode()
-    exchange = urllib.request.Request(f"{authority}/{environ['AZURE_TENANT_ID']}/oauth2/v2.0/token", data=form,
-                                      headers={"Content-Type": "application/x-www-form-urlencoded"})
-    token = _http_json(exchange, "exchanging the GitHub ID token for an Azure token", OIDC_HINT).get("access_token")
-    if not token:
-        raise ToolkitError("Entra ID answered without an access token", OIDC_HINT)
-    return token
-
-
 def acr_refresh_token(login_server: str, arm_token: str) -> str:
     """ACR's documented AAD exchange (POST /oauth2/exchange): an ARM token for an ACR refresh token, which
     ``docker login`` takes as the password of user 00000000-0000-0000-0000-000000000000 (as az acr login)."""
@@ -222,23 +158,3 @@ def acr_refresh_token(login_server: str, arm_token: str) -> str:
         raise ToolkitError(f"{login_server} refused the AAD token exchange (HTTP {response.status_code})",
                            ACR_EXCHANGE_HINT)
     return response.json()["refresh_token"]
-
-
-def cli_arm_token() -> str:
-    """The Azure CLI login's ARM token, from ``az account get-access-token``. Not azureml-core's own
-    ``AzureCliAuthentication``: it imports the ``azure-cli`` package into this interpreter, and azure-cli-core's
-    pins (knack 0.14) conflict with azureml-core's (knack<0.13); the ``az`` on a user's PATH or a GitHub runner
-    lives in its own environment."""
-    az = shutil.which("az")
-    if az is None:
-        raise ToolkitError("the Azure CLI (az) is not installed, and no service principal or managed identity "
-                           "is configured", "install the Azure CLI and run `az login`, or set AZURE_CLIENT_ID, "
-                           "AZURE_TENANT_ID and AZURE_CLIENT_SECRET")
-    result = subprocess.run([az, "account", "get-access-token", "--resource", "https://management.azure.com/",
-                             "--query", "accessToken", "--output", "tsv"], capture_output=True, text=True,
-                            timeout=120)
-    token = result.stdout.strip()
-    if result.returncode != 0 or not token:
-        reason = (result.stderr.strip().splitlines() or ["no token"])[-1][:200]
-        raise ToolkitError(f"the Azure CLI gave no token: {reason}", LOGIN_HINT)
-    return token

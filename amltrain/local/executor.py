@@ -58,9 +58,10 @@ def engine_errors() -> tuple[type[BaseException], ...]:
     return docker.errors.DockerException, requests.exceptions.RequestException, Urllib3Error, OSError
 
 
-def run(request: LocalRequest, out=None) -> None:
+def run(request: LocalRequest, out=None, announce: str = "") -> None:
     """Start one container per node, stream every rank's output, stop the whole gang when any part fails
-    or is interrupted, and clean up always; raises ``ToolkitError`` with the failed rank's exit code."""
+    or is interrupted, and clean up always; raises ``ToolkitError`` with the failed rank's exit code.
+    ``announce`` is printed once the run's folder exists (a run id printed earlier could name nothing)."""
     client = engine.connect()
     out = out or sys.stdout
     for image in {c.image for c in request.containers}:
@@ -74,6 +75,8 @@ def run(request: LocalRequest, out=None) -> None:
         archive = snapshot.tar_archive(request.snapshot_dir, request.snapshot_files, WORKDIR, uid, gid)
     token = secrets.token_hex(32)  # authenticates mpirun's agent; exists only inside the run's containers
     _make_run_dir(request, uid, gid)
+    if announce:
+        print(announce, file=out or sys.stdout, flush=True)
     started_at, containers = time.time(), []
     with signals_as_interrupts(once=True, final=True) as received:
         # Making the gang: a first signal interrupts it (later ones are only counted), and nothing is kept.

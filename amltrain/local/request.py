@@ -173,9 +173,8 @@ def local_request(job: JobSpec, image: str, settings: LocalSettings, run_id: str
     run_dir = settings.runs_dir / run_id
     names = snapshot.files(job.source_dir)
     snapshot.check_limits(job.source_dir, names)
-    if job.script and not job.command and job.script not in names:
-        raise ToolkitError(f"script {job.script} is excluded from the snapshot by .amlignore/.gitignore",
-                           "Azure ML would not upload it either; change the ignore file")
+    if not job.command:
+        snapshot.check_script(job.source_dir, job.script, names)
     mounts = (
         Mount(str(run_dir / "outputs"), f"{WORKDIR}/outputs"),
         Mount(str(run_dir / "logs"), f"{WORKDIR}/logs"),

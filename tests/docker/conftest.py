@@ -9,13 +9,14 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import sys
+import uuid
+from pathlib import Path
 
 import pytest
 
 from amltrain import engine
 from amltrain.errors import ToolkitError
-from tests.conftest import ROOT
+from tests.conftest import CLI, ROOT
 
 PROBE_DIR = "tests/docker/probe"
 
@@ -40,7 +41,7 @@ def docker_client():
 
 def invoke(*args: str, env: dict | None = None, timeout: float = 1800) -> subprocess.CompletedProcess:
     """Run an invoke task the way a user does, from the project root."""
-    return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=ROOT, capture_output=True, text=True,
+    return subprocess.run([CLI, *args], cwd=ROOT, capture_output=True, text=True,
                           env={**os.environ, **(env or {})}, timeout=timeout)
 
 
@@ -67,6 +68,22 @@ def probe_env(tmp_path) -> dict:
     """Run the probe job instead of the training job, with its runs kept under tmp_path."""
     return {"INVOKE_JOB_SOURCE_DIR": PROBE_DIR, "INVOKE_JOB_SCRIPT": "probe.py", "INVOKE_JOB_EXPERIMENT": "probe",
             "INVOKE_LOCAL_RUNS_DIR": str(tmp_path / "runs"), "INVOKE_LOCAL_CACHE_DIR": str(tmp_path / "cache")}
+
+
+def own_experiment(probe_env: dict) -> tuple[dict, str]:
+    """The probe job under an experiment name of its own, so what a test started can be told apart from other
+    runs on the same engine (a developer's, or another session's)."""
+    experiment = f"probe-{uuid.uuid4().hex[:8]}"
+    return {**probe_env, "INVOKE_JOB_EXPERIMENT": experiment}, experiment
+
+
+def left_by(client, env: dict, experiment: str) -> tuple[list, list, list]:
+    """The containers, networks and run folders of runs of ``experiment`` (run ids, and so network and folder
+    names, start with it): all empty when nothing was started."""
+    containers = client.containers.list(all=True, filters={"label": f"amltrain.experiment={experiment}"})
+    networks = [n.name for n in client.networks.list() if n.name.startswith(f"amltrain-{experiment}_")]
+    folders = sorted(Path(env["INVOKE_LOCAL_RUNS_DIR"]).glob(f"{experiment}_*"))
+    return containers, networks, folders
 
 
 def run_dir_of(output: str) -> str:

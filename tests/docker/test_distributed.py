@@ -5,15 +5,14 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import CLI, ROOT
 
-from .conftest import containers_labelled, invoke, run_dir_of
+from .conftest import containers_labelled, invoke, left_by, own_experiment, run_dir_of
 
 TORCHRUN = ("torchrun --nproc_per_node 2 --nnodes 2 --node_rank $NODE_RANK --master_addr $MASTER_ADDR "
             "--master_port $MASTER_PORT dist_probe.py")
@@ -104,7 +103,7 @@ def test_a_crashing_rank_stops_every_node_and_its_exit_code_is_the_runs(cpu_imag
 
 def started_two_node_run(probe_env) -> tuple[subprocess.Popen, Path]:
     """A 2-node run of ranks that sleep 300 s, once both ranks have written their report."""
-    proc = subprocess.Popen([sys.executable, "-m", "invoke", "run-local", "--script", "dist_probe.py",
+    proc = subprocess.Popen([CLI, "run-local", "--script", "dist_probe.py",
                              "--args", "--sleep 300", "--nodes", "2"], cwd=ROOT, env={**os.environ, **probe_env},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     run_dir = Path(run_dir_of(proc.stdout.readline()))
@@ -125,7 +124,7 @@ def test_local_status_logs_and_cancel_work_from_another_shell(cpu_image, probe_e
         assert f"{run_dir.name}" in status.stdout and "Running" in status.stdout, status.stdout + status.stderr
         logs = invoke("local-logs", "--run", run_dir.name, env=probe_env)
         assert "[rank 1] all-reduce sum 3 on node-1" in logs.stdout, logs.stdout + logs.stderr
-        follow = subprocess.Popen([sys.executable, "-m", "invoke", "local-logs", "--run", run_dir.name, "--follow"],
+        follow = subprocess.Popen([CLI, "local-logs", "--run", run_dir.name, "--follow"],
                                   cwd=ROOT, env={**os.environ, **probe_env}, stdout=subprocess.PIPE, text=True)
         started = time.monotonic()
         dry = invoke("local-cancel", "--run", run_dir.name, "--dry-run", env=probe_env)
@@ -161,17 +160,17 @@ def test_sigterm_stops_every_node_and_exits_143(cpu_image, probe_env, docker_cli
 
 
 def test_dry_run_prints_every_container_the_network_and_each_ranks_environment(cpu_image, probe_env, docker_client):
-    before = len(docker_client.containers.list(all=True)), len(docker_client.networks.list())
+    env, experiment = own_experiment(probe_env)
     result = invoke("run-local", "--script", "dist_probe.py", "--nodes", "2", "--procs-per-node", "2",
                     "--launch", "mpi", "--env", "HF_TOKEN=s3cr3t", "--args", "--api-token t0ken", "--dry-run",
-                    env=probe_env)
+                    env=env)
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    assert "name: amltrain-probe_" in out and "hostname: node-1" in out and "- mpirun" in out
+    assert f"name: amltrain-{experiment}_" in out and "hostname: node-1" in out and "- mpirun" in out
     assert "OMPI_COMM_WORLD_RANK: '3'" in out and "AZ_BATCH_MASTER_NODE: node-0:6105" in out
     assert "s3cr3t" not in out and "HF_TOKEN: '****'" in out
     assert "t0ken" not in out and "- --api-token\n" in out
-    assert (len(docker_client.containers.list(all=True)), len(docker_client.networks.list())) == before
+    assert left_by(docker_client, env, experiment) == ([], [], [])
 
 
 @pytest.mark.parametrize("args, env, message", [
@@ -183,12 +182,12 @@ def test_dry_run_prints_every_container_the_network_and_each_ranks_environment(c
      "2 processes per node need 2 GPUs per node, but 1 GPU(s) over 1 node(s) give 1 each"),
 ])
 def test_bad_shapes_are_one_line_and_start_nothing(probe_env, docker_client, args, env, message):
-    before = len(docker_client.containers.list(all=True)), len(docker_client.networks.list())
-    result = invoke("run-local", "--script", "dist_probe.py", *args, env={**probe_env, **env})
+    own, experiment = own_experiment(probe_env)
+    result = invoke("run-local", "--script", "dist_probe.py", *args, env={**own, **env})
     assert result.returncode != 0
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], result.stderr
-    assert (len(docker_client.containers.list(all=True)), len(docker_client.networks.list())) == before
+    assert left_by(docker_client, own, experiment) == ([], [], [])
 
 
 SAMPLE_ARGS = "--data-dir ${{inputs.data}} --num-epochs 1 --weights none --image-size 64 --batch-size 8 --num-workers 1"

@@ -13,14 +13,13 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import CLI, ROOT
 
 from .conftest import containers_labelled, run_dir_of
 
@@ -94,7 +93,7 @@ def engine(docker_client):
 
 def test_an_engine_restart_mid_run_is_one_line_keeps_the_outputs_and_leaves_nothing(cpu_image, probe_env, engine,
                                                                                       docker_client):
-    proc = subprocess.Popen([sys.executable, "-m", "invoke", "run-local", "--nodes", "2", "--command",
+    proc = subprocess.Popen([CLI, "run-local", "--nodes", "2", "--command",
                              "echo $NODE_RANK > outputs/node_$NODE_RANK.txt; echo up; sleep 300"],
                             cwd=ROOT, env={**os.environ, **probe_env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)

@@ -7,13 +7,12 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import CLI, ROOT
 
 from .conftest import containers_labelled, invoke, run_dir_of
 
@@ -43,7 +42,7 @@ def assert_gone(client, run_id: str) -> None:
 ], ids=["ctrl-c-twice", "ctrl-c-three-times", "sigterm-then-ctrl-c", "ctrl-c-until-it-exits"])
 def test_more_signals_during_the_shutdown_still_end_canceled_with_the_first_signals_code(
         cpu_image, probe_env, docker_client, signals, until_exit, code):
-    proc = subprocess.Popen([sys.executable, "-m", "invoke", "run-local", "--nodes", "2", "--command", STUBBORN],
+    proc = subprocess.Popen([CLI, "run-local", "--nodes", "2", "--command", STUBBORN],
                             cwd=ROOT, env={**os.environ, **probe_env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     try:

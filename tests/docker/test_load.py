@@ -8,11 +8,10 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-from tests.conftest import ROOT
+from tests.conftest import CLI, ROOT
 
 from .conftest import containers_labelled, invoke, run_dir_of
 
@@ -24,7 +23,7 @@ WAIT_FOR_RELEASE = ("i=0; while [ ! -e outputs/release ]; do i=$((i+1)); [ $i -g
 
 def test_eight_concurrent_two_node_runs_finish_apart_and_one_cancel_leaves_the_rest(cpu_image, probe_env,
                                                                                    docker_client):
-    procs = [subprocess.Popen([sys.executable, "-m", "invoke", "run-local", "--nodes", "2", "--command",
+    procs = [subprocess.Popen([CLI, "run-local", "--nodes", "2", "--command",
                                WAIT_FOR_RELEASE], cwd=ROOT, env={**os.environ, **probe_env}, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(RUNS)]
     try:

@@ -8,16 +8,15 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from amltrain import engine
-from tests.conftest import ROOT
+from tests.conftest import CLI, ROOT
 
-from .conftest import containers_labelled, invoke, run_dir_of
+from .conftest import containers_labelled, invoke, left_by, own_experiment, run_dir_of
 
 
 def test_smoke_trains_a_model_that_loads_without_the_training_code(cpu_image, docker_client, tmp_path):
@@ -95,18 +94,21 @@ def test_dry_run_prints_the_request_and_runs_nothing(cpu_image, probe_env, docke
 
 
 def test_ctrl_c_stops_and_removes_the_container(cpu_image, probe_env, docker_client):
-    proc = subprocess.Popen([sys.executable, "-m", "invoke", "run-local", "--args", "--sleep 120"], cwd=ROOT,
+    before = {c.id for c in docker_client.containers.list(all=True)}  # other runs may share the engine
+    proc = subprocess.Popen([CLI, "run-local", "--args", "--sleep 120"], cwd=ROOT,
                             env={**os.environ, **probe_env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
-    while not docker_client.containers.list(filters={"label": "amltrain.experiment=probe"}):
+    while not (started := [c for c in docker_client.containers.list(filters={"label": "amltrain.experiment=probe"})
+                           if c.id not in before]):
         assert proc.poll() is None and time.monotonic() < deadline, "the run did not start"
         time.sleep(0.2)
+    run_id = started[0].labels["amltrain.run-id"]
     time.sleep(1)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 130, stderr
     assert "interrupted" in stderr and "Traceback" not in stderr
-    assert containers_labelled(docker_client, "amltrain.experiment=probe") == []
+    assert containers_labelled(docker_client, f"amltrain.run-id={run_id}") == []
 
 
 @pytest.mark.parametrize("args, message", [
@@ -116,12 +118,12 @@ def test_ctrl_c_stops_and_removes_the_container(cpu_image, probe_env, docker_cli
     (["--target", "tpu"], "unknown target 'tpu'"),
 ])
 def test_bad_input_is_one_line_and_starts_nothing(cpu_image, probe_env, docker_client, args, message):
-    before = len(docker_client.containers.list(all=True))
-    result = invoke("run-local", *args, env=probe_env)
+    env, experiment = own_experiment(probe_env)
+    result = invoke("run-local", *args, env=env)
     assert result.returncode != 0
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], result.stderr
-    assert len(docker_client.containers.list(all=True)) == before
+    assert left_by(docker_client, env, experiment) == ([], [], [])
 
 
 def test_an_image_that_was_not_built_is_named(probe_env, docker_client):
@@ -133,8 +135,8 @@ def test_an_image_that_was_not_built_is_named(probe_env, docker_client):
 def test_a_container_docker_refuses_leaves_no_run_folder_and_no_container(cpu_image, docker_client, tmp_path):
     from amltrain import config
     from amltrain.errors import ToolkitError
-    from amltrain.local import executor as localexec
-    from amltrain.local import request as localrun
+    from amltrain.local import executor as local_executor
+    from amltrain.local import request as local_request
     from tests.conftest import load_config
 
     cfg = load_config({"job": {"source_dir": "tests/docker/probe", "script": "probe.py", "experiment": "probe",
@@ -142,12 +144,12 @@ def test_a_container_docker_refuses_leaves_no_run_folder_and_no_container(cpu_im
                        "local": {"runs_dir": str(tmp_path / "runs"), "cache_dir": str(tmp_path / "cache")}})
     job = config.job_spec(cfg, ROOT)
     run_id = f"probe_conflict_{os.getpid()}"
-    request = localrun.local_request(job, cpu_image, config.local_settings(cfg, ROOT), run_id=run_id)
+    request = local_request.local_request(job, cpu_image, config.local_settings(cfg, ROOT), run_id=run_id)
     # node-0 is made, node-1's name is taken: what was made must go again, the run's network too
     squatter = docker_client.containers.create(cpu_image, ["true"], name=f"{run_id}-node-1")
     try:
         with pytest.raises(ToolkitError, match=f"Docker refused run {run_id}") as err:
-            localexec.run(request)
+            local_executor.run(request)
         assert "docker rm" in err.value.hint
         assert not request.run_dir.exists()
         assert [c.id for c in docker_client.containers.list(all=True, filters={"name": run_id})] == [squatter.id]

@@ -18,6 +18,7 @@ import os
 import pytest
 
 from amltrain.azure import settings as azure_settings
+from amltrain.azure.v1 import auth as v1_auth
 from amltrain.errors import ToolkitError
 from tests.conftest import ROOT, load_config
 from tests.docker.conftest import invoke
@@ -43,7 +44,7 @@ def _workspace_or_skip(sdk: str):
     mode = workspace.auth_mode(settings.auth, os.environ)
     try:
         if sdk == "v1":
-            workspace.make_auth(mode, os.environ)  # for the Azure CLI this asks `az` for a token
+            v1_auth.make_auth(mode, os.environ)  # for the Azure CLI this asks `az` for a token
         else:
             from amltrain.azure.v2.backend import credential
 

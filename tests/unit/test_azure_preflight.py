@@ -9,6 +9,7 @@ import pytest
 from amltrain.azure import compute, preflight, v1, workspace
 from amltrain.azure import settings as azure_settings
 from amltrain.azure.settings import AzureSettings, ComputeSpec
+from amltrain.azure.v1 import auth as v1_auth
 from amltrain.errors import ToolkitError
 from amltrain.spec import Distribution
 from tests.conftest import load_config
@@ -166,16 +167,16 @@ def test_credentials_are_azureml_cores_own_classes_and_need_no_network():
     from azureml.core.authentication import MsiAuthentication, ServicePrincipalAuthentication
 
     sp = {"AZURE_CLIENT_ID": "id", "AZURE_TENANT_ID": "t", "AZURE_CLIENT_SECRET": "s"}
-    assert isinstance(workspace.make_auth("service-principal", sp), ServicePrincipalAuthentication)
-    assert isinstance(workspace.make_auth("managed-identity", {}), MsiAuthentication)
+    assert isinstance(v1_auth.make_auth("service-principal", sp), ServicePrincipalAuthentication)
+    assert isinstance(v1_auth.make_auth("managed-identity", {}), MsiAuthentication)
     with pytest.raises(ToolkitError, match="needs AZURE_CLIENT_SECRET"):
-        workspace.make_auth("service-principal", {"AZURE_CLIENT_ID": "id", "AZURE_TENANT_ID": "t"})
+        v1_auth.make_auth("service-principal", {"AZURE_CLIENT_ID": "id", "AZURE_TENANT_ID": "t"})
 
 
 def test_cli_auth_without_az_says_how_to_sign_in(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(ToolkitError, match=r"Azure CLI \(az\) is not installed") as e:
-        workspace.make_auth("cli", {})
+        v1_auth.make_auth("cli", {})
     assert "az login" in e.value.hint
 
 
@@ -184,7 +185,7 @@ def test_cli_auth_takes_the_token_az_prints_and_fetches_a_new_one_when_it_gets_o
     fake_az.write_text("#!/bin/sh\necho arm-token-from-az\n")
     fake_az.chmod(0o755)
     monkeypatch.setenv("PATH", str(tmp_path))
-    auth = workspace.make_auth("cli", {})
+    auth = v1_auth.make_auth("cli", {})
     assert auth.get_authentication_header() == {"Authorization": "Bearer arm-token-from-az"}
     fake_az.write_text("#!/bin/sh\necho newer-token\n")
     assert auth.get_authentication_header() == {"Authorization": "Bearer arm-token-from-az"}  # still fresh
@@ -198,5 +199,5 @@ def test_cli_auth_when_az_has_no_login_is_one_line(monkeypatch, tmp_path):
     fake_az.chmod(0o755)
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(ToolkitError, match="the Azure CLI gave no token: ERROR: Please run az login") as e:
-        workspace.make_auth("cli", {})
+        v1_auth.make_auth("cli", {})
     assert e.value.hint == workspace.LOGIN_HINT

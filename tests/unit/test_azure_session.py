@@ -37,7 +37,7 @@ def session(request, tmp_path, monkeypatch):
         monkeypatch.setattr(sdk, "connect", lambda settings, start: connects.append(1) or fake)
     image = flow.image_choice(cfg, "gpu", ROOT)
 
-    def pushed(choice):
+    def pushed(choice, offline):  # this engine built and pushed it: a dry run knows as much as a real one
         return KnownImage(choice.local_ref, "sha256:" + "ab" * 32, (f"wsacr.azurecr.io/amltrain/train@{DIGEST}",))
 
     s = flow.AzureSession(azure_settings.from_config(cfg), ROOT, out=io.StringIO(), find_image=pushed)
@@ -78,15 +78,18 @@ def test_the_dry_run_and_the_real_run_describe_the_same_job(session):
     dry = flow.prepare_submit(session, spec, session.image, offline=True, compute_name="gpu-cluster")
     real = flow.prepare_submit(session, spec, session.image, offline=False, compute_name="gpu-cluster")
     assert session.connects == [1] and dry.describe()["launch"] == real.describe()["launch"]
-    strip = json.dumps(dry.document()).replace(flow.acr.WORKSPACE_ACR, "wsacr.azurecr.io")
-    assert json.loads(strip).keys() == real.document().keys()
+    filled = json.dumps(dry.document()).replace(flow.acr.WORKSPACE_ACR, "wsacr.azurecr.io")
+    # offline, the digest cannot be matched to a registry whose address only the workspace knows
+    filled = filled.replace('"amltrain.image_digest": "unknown"', f'"amltrain.image_digest": "{DIGEST}"')
+    filled = filled.replace(f":{session.image.local_ref.rsplit(':', 1)[1]}", f"@{DIGEST}")  # tag -> digest
+    assert json.loads(filled) == real.document()
 
 
 def test_an_unregistered_environment_or_unpushed_image_submits_nothing(session):
     with pytest.raises(ToolkitError, match="is not registered in workspace ws"):
         flow.prepare_submit(session, job(session), session.image, offline=False, compute_name="gpu-cluster").execute()
     assert "submit" not in session.fake.names()
-    session.find_image = lambda choice: KnownImage(choice.local_ref, "sha256:" + "ab" * 32, ())
+    session.find_image = lambda choice, offline: KnownImage(choice.local_ref, "sha256:" + "ab" * 32, ())
     with pytest.raises(ToolkitError, match="is not in the registry: an Environment must name the pushed digest"):
         flow.prepare_register(session, session.image, offline=False).execute()
     assert "register_environment" not in session.fake.names()
@@ -104,6 +107,16 @@ def test_compute_and_model_through_the_session(session, tmp_path):
     assert ("register_model", "run-1", "pytorch-birds", "outputs/model.pt2", {"amltrain.run_id": "run-1"}) in \
         session.fake.calls
     assert (tmp_path / "model/outputs/model.pt2").read_bytes() == b"model"
+
+
+def test_an_existing_cluster_with_another_identity_is_said_so(session):
+    session.fake.computes["gpu-cluster"] = ComputeInfo("gpu-cluster", "Standard_NC48ads_A100_v4", 0, 4,
+                                                       "Succeeded", identity="")
+    spec = azure_settings.compute_for(session.settings, "gpu-cluster", identity="system")
+    flow.prepare_compute(session, spec).execute()
+    said = session.out.getvalue()
+    assert "warning: compute gpu-cluster has identity none, not system" in said and "nothing created" in said
+    assert "create_compute" not in session.fake.names()
 
 
 def test_serverless_is_v2_only_and_checks_no_cluster(session):

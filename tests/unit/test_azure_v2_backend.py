@@ -122,7 +122,7 @@ def test_a_cluster_is_found_or_none(backend, azure):
     azure.answer("GET", r"/computes/gpu4\?", compute_resource("Succeeded"))
     azure.answer("GET", r"/computes/cpu2\?", NOT_FOUND, status=404)
     assert backend.get_compute("gpu4") == ComputeInfo("gpu4", "Standard_NC24ads_A100_v4", 0, 4, "Succeeded",
-                                                      "AmlCompute")
+                                                      "AmlCompute", identity="")
     assert backend.get_compute("cpu2") is None
 
 
@@ -137,7 +137,15 @@ def test_creating_a_cluster_waits_for_it(backend, azure):
     azure.answer("PUT", r"/computes/gpu4\?", lambda sent: {**compute_resource("Succeeded"), **sent.body})
     azure.answer("GET", r"/computes/gpu4\?", compute_resource("Succeeded"))
     created = backend.create_compute("gpu4", build.compute(ComputeSpec("gpu4", "Standard_NC24ads_A100_v4")))
-    assert created == ComputeInfo("gpu4", "Standard_NC24ads_A100_v4", 0, 4, "Succeeded", "AmlCompute")
+    assert created == ComputeInfo("gpu4", "Standard_NC24ads_A100_v4", 0, 4, "Succeeded", "AmlCompute", identity="")
+
+
+def test_a_clusters_identity_is_read_back(backend, azure):
+    identity = {"type": "UserAssigned", "userAssignedIdentities": {"/subscriptions/s/resourceGroups/r/providers/"
+                "Microsoft.ManagedIdentity/userAssignedIdentities/puller": {}}}
+    azure.answer("GET", r"/computes/gpu4\?", {**compute_resource("Succeeded"), "identity": identity})
+    assert backend.get_compute("gpu4").identity == ("/subscriptions/s/resourceGroups/r/providers/"
+                                                    "Microsoft.ManagedIdentity/userAssignedIdentities/puller")
 
 
 @pytest.mark.parametrize("operation_fails", [True, False])

@@ -10,6 +10,7 @@ submit (the code asset, the job name, ARM ids of ``azureml:`` references) are pu
 from __future__ import annotations
 
 import copy
+import os
 import shlex
 
 import pytest
@@ -272,11 +273,12 @@ def test_the_model_the_sdk_registers_is_the_dry_run_body(azure):
     assert (registered.name, registered.version) == ("birds", "2")
 
 
-def test_the_dry_run_document_holds_the_job_file_and_the_request(source):
+def test_the_dry_run_document_is_the_job_file(source, tmp_path):
     from amltrain.azure import v2
 
     job = built(source, "2x4 mpi")
     document = v2.job_document(job)
-    assert document["job"]["distribution"] == {"type": "mpi", "process_count_per_instance": 4}
-    assert document["request_body"] == build.job_body(job)
+    assert document["distribution"] == {"type": "mpi", "process_count_per_instance": 4}
+    assert document["code"] == str(source.resolve())  # absolute: the dry run is read where it is printed
+    assert v2.job_document(job, tmp_path)["code"] == os.path.relpath(source.resolve(), tmp_path.resolve())
     assert (v2.NAME, v2.PACKAGE) == ("v2", "azure-ai-ml")

@@ -5,7 +5,6 @@ contacted, and an environment without the SDKs says in one line how to install t
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 import yaml
@@ -74,11 +73,42 @@ def test_emit_yaml_writes_the_job_and_submits_nothing(workspace_config, tmp_path
     assert not list(tmp_path.glob(".*partial"))
 
 
-def test_emit_yaml_is_v2_only_and_refuses_an_unwritable_path(workspace_config, tmp_path):
-    one_line_error(invoke("submit", "--sdk", "v1", "--emit-yaml", str(tmp_path / "j.yml"),
-                          env={**V2, **workspace_config}), "--emit-yaml writes an SDK v2 job", "--sdk v2")
-    one_line_error(invoke("submit", "--emit-yaml", str(tmp_path / "missing" / "j.yml"),
-                          env={**V2, **workspace_config}), "cannot write the job YAML file")
+@pytest.mark.parametrize("args, fragments", [
+    (["--sdk", "v1", "--emit-yaml", "{tmp}/j.yml"], ["--emit-yaml writes an SDK v2 job", "--sdk v2"]),
+    (["--emit-yaml", "{tmp}/missing/j.yml"], ["cannot write the job YAML file"]),
+    (["--emit-yaml", ""], ["--emit-yaml needs a file name"]),  # not a real submit: an unset $OUT
+    (["--emit-yaml", "{tmp}"], ["is not a regular file"]),
+    (["--emit-yaml", "/dev/stdout"], ["is not a regular file"]),
+    (["--emit-yaml", "{tmp}/j.yml", "--wait"], ["submits nothing: --wait would not apply"]),
+    (["--emit-yaml", "{tmp}/j.yml", "--dry-run", "--summary", "s.md"], ["--dry-run, --summary would not apply"]),
+])
+def test_emit_yaml_refusals_are_one_line_and_write_nothing(args, fragments, workspace_config, tmp_path):
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    before = sorted(tmp_path.rglob("*"))
+    one_line_error(invoke("submit", *args, env={**V2, **workspace_config}), *fragments)
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_emitted_yaml_names_what_was_masked_and_records_no_placeholder(workspace_config, tmp_path):
+    out = tmp_path / "job.yml"
+    result = invoke("submit", "--env", f"HF_TOKEN={SECRET}", "--env", "NCCL_DEBUG=INFO", "--emit-yaml", str(out),
+                    env={**V2, **workspace_config})
+    assert result.returncode == 0, result.stderr
+    assert "warning: masked in" in result.stdout and "environment_variables.HF_TOKEN" in result.stdout
+    text = out.read_text()
+    assert SECRET not in text + result.stdout and "NCCL_DEBUG: INFO" in text
+    assert "<the workspace" not in text and "unknown" not in text  # only tags this machine knows
+
+
+def test_v2_dry_run_masks_secret_variables_and_options(workspace_config):
+    result = invoke("submit", "--env", f"AZURE_STORAGE_KEY={SECRET}", "--command",
+                    f"python train/pytorch_train.py --api-key={SECRET} --data https://u:{SECRET}@h/d", "--dry-run",
+                    env={**V2, **workspace_config})
+    assert result.returncode == 0, result.stderr
+    document = yaml.safe_load(result.stdout.replace("# ", "#"))
+    assert SECRET not in result.stdout + result.stderr
+    assert document["environment_variables"]["AZURE_STORAGE_KEY"] == "****"
+    assert "--api-key=**** --data https://****@h/d" in document["command"]
 
 
 @pytest.mark.parametrize("args", [
@@ -150,4 +180,3 @@ def test_without_the_azure_extra_every_azure_task_says_how_to_install_it(tmp_pat
     (tmp_path / "sitecustomize.py").write_text(WITHOUT_SDKS)
     result = invoke(*args, "--sdk", sdk, "--dry-run", env={**OFFLINE, "PYTHONPATH": str(tmp_path)})
     one_line_error(result, f"Azure ML SDK {sdk}", "is not installed", "pip install -e '.[azure]'")
-    assert sys.executable  # the same interpreter the project's venv runs

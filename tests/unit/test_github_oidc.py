@@ -11,6 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from amltrain.azure import workspace
+from amltrain.azure.v1 import auth as v1_auth
 from amltrain.errors import ToolkitError
 
 TENANT, CLIENT = "tenant-0001", "client-0002"
@@ -84,7 +85,7 @@ def test_auto_picks_github_oidc_in_a_job_that_may_mint_id_tokens(endpoints):
 
 
 def test_a_github_id_token_is_exchanged_for_an_arm_token_and_again_when_it_gets_old(endpoints):
-    auth = workspace.make_auth("github-oidc", environ(endpoints))
+    auth = v1_auth.make_auth("github-oidc", environ(endpoints))
     assert auth.get_authentication_header() == {"Authorization": "Bearer arm-for-github-jwt-1"}
     github, entra = endpoints.seen
     assert github == ("github", "/idtoken", {"api-version": "2.0", "audience": "api://AzureADTokenExchange"},
@@ -103,7 +104,7 @@ def test_a_github_id_token_is_exchanged_for_an_arm_token_and_again_when_it_gets_
 def test_a_refused_exchange_is_one_line_with_entras_words_and_what_to_check(endpoints):
     endpoints.refuse = True
     with pytest.raises(ToolkitError) as e:
-        workspace.make_auth("github-oidc", environ(endpoints))
+        v1_auth.make_auth("github-oidc", environ(endpoints))
     assert e.value.message == ("exchanging the GitHub ID token for an Azure token was refused (HTTP 400): "
                                "AADSTS70021: No matching federated identity record found for presented assertion. "
                                "Assertion Issuer: 'https://token.actions.githubusercontent.com'.")
@@ -115,13 +116,13 @@ def test_a_refused_exchange_is_one_line_with_entras_words_and_what_to_check(endp
 def test_an_answer_that_is_not_a_json_object_is_one_line(endpoints, monkeypatch):
     monkeypatch.setattr(Endpoints, "answer", lambda self, status, body: Endpoints.send_raw(self, b"[1, 2]"))
     with pytest.raises(ToolkitError, match=r"^asking GitHub for an ID token failed: the answer is not a JSON object"):
-        workspace.make_auth("github-oidc", environ(endpoints))
+        v1_auth.make_auth("github-oidc", environ(endpoints))
 
 
 def test_outside_a_job_that_may_mint_id_tokens_it_says_what_is_missing():
     with pytest.raises(ToolkitError, match="github-oidc auth needs ACTIONS_ID_TOKEN_REQUEST_URL, "
                                            "ACTIONS_ID_TOKEN_REQUEST_TOKEN") as e:
-        workspace.make_auth("github-oidc", {"AZURE_CLIENT_ID": CLIENT, "AZURE_TENANT_ID": TENANT})
+        v1_auth.make_auth("github-oidc", {"AZURE_CLIENT_ID": CLIENT, "AZURE_TENANT_ID": TENANT})
     assert "id-token: write" in e.value.hint
 
 
@@ -129,4 +130,4 @@ def test_github_unreachable_is_one_line():
     env = {"ACTIONS_ID_TOKEN_REQUEST_URL": "http://127.0.0.1:9/idtoken", "ACTIONS_ID_TOKEN_REQUEST_TOKEN": "t",
            "AZURE_CLIENT_ID": CLIENT, "AZURE_TENANT_ID": TENANT}
     with pytest.raises(ToolkitError, match=r"^asking GitHub for an ID token failed: .*refused"):
-        workspace.make_auth("github-oidc", env)
+        v1_auth.make_auth("github-oidc", env)

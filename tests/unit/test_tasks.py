@@ -5,16 +5,16 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import sys
 import uuid
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import CLI, ROOT
 
 
 def invoke(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=ROOT, capture_output=True, text=True,
+    """A task run through the real entry point, from the project folder (as `./dev invoke` runs it)."""
+    return subprocess.run([CLI, *args], cwd=ROOT, capture_output=True, text=True,
                           env={**os.environ, **(env or {})}, timeout=120)
 
 

@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from invoke import Collection, Program
+from invoke import Collection
 from invoke.loader import FilesystemLoader
 from invoke.parser import ParseError, Parser
 
+from amltrain import cli
 from amltrain.azure.settings import SDKS
 from amltrain.spec import LAUNCH_MODES
 from tests.conftest import ROOT
@@ -41,13 +42,14 @@ ALLOWED_SCRIPTS = re.compile(r"^\.ci/[\w.-]+$")
 
 @functools.cache
 def task_parser() -> Parser:
-    """invoke's parser for the real tasks.py, with the core flags (`-f`, `--echo`, …) of the `invoke` program."""
+    """invoke's parser for the real tasks.py, with the core flags (`-f`, `--echo`, …) of the entry point
+    (amltrain/cli.py, what `./dev invoke` runs)."""
     module, _ = FilesystemLoader(start=str(ROOT)).load("tasks")
     return parser_for(Collection.from_module(module))
 
 
 def parser_for(collection: Collection) -> Parser:
-    return Parser(contexts=collection.to_contexts(ignore_unknown_help=True), initial=Program().initial_context)
+    return Parser(contexts=collection.to_contexts(ignore_unknown_help=True), initial=cli.program().initial_context)
 
 
 def shell_commands(script: str) -> list[list[str]]:

@@ -35,5 +35,7 @@ def check(p: Plan, settings: AzureSettings) -> None:
         raise ToolkitError("serverless compute is SDK v2's", "use --sdk v2, or a cluster: --compute NAME")
 
 
-def job_document(src) -> dict:
+def job_document(src, folder=None) -> dict:
+    """What a dry run prints: the run configuration as the SDK serializes it into the request (v1 has no job
+    file, so ``folder`` is unused)."""
     return {"run_configuration": job_body(src)}

@@ -10,9 +10,19 @@ from pathlib import Path
 
 from ...errors import ToolkitError
 from ...signals import signals_as_interrupts
-from ..backend import QUOTA_HINT, ComputeInfo, EnvironmentInfo, RunInfo, azure_errors, azure_message
+from ..backend import (
+    QUOTA_HINT,
+    ComputeInfo,
+    EnvironmentInfo,
+    RunInfo,
+    azure_errors,
+    azure_message,
+    identity_of,
+    login_server,
+)
 from ..settings import AzureSettings, WorkspaceRef
-from ..workspace import ACR_EXCHANGE_HINT, acr_refresh_token, auth_mode, make_auth, workspace_ref
+from ..workspace import ACR_EXCHANGE_HINT, acr_refresh_token, auth_mode, workspace_ref
+from .auth import make_auth
 
 
 def connect(settings: AzureSettings, start: Path) -> WorkspaceBackend:
@@ -45,7 +55,7 @@ class WorkspaceBackend:
         if self._login_server is None:
             with azure_errors("reading the workspace's details"):
                 arm_id = self._ws.get_details().get("containerRegistry") or ""
-            self._login_server = f"{arm_id.rstrip('/').rsplit('/', 1)[-1].lower()}.azurecr.io" if arm_id else ""
+            self._login_server = login_server(arm_id) or ""
         return self._login_server or None
 
     def registry_admin_credentials(self) -> tuple[str, str]:
@@ -200,4 +210,5 @@ def _compute_info(target) -> ComputeInfo:
         max_nodes=int(getattr(scale, "maximum_node_count", 0) or 0),
         state=str(getattr(target, "provisioning_state", "") or ""),
         kind=str(getattr(target, "type", "") or type(target).__name__),
+        identity=identity_of(getattr(target, "identity_type", ""), getattr(target, "identity_id", None) or ()),
     )

@@ -42,13 +42,6 @@ def definition(ref: EnvironmentRef, settings: AzureSettings, environ: Mapping[st
     return env
 
 
-def serialized(env) -> dict:
-    """``Environment._serialize_to_dict``: the body ``Environment.register`` posts."""
-    from azureml.core import Environment
-
-    return Environment._serialize_to_dict(env)
-
-
 def environment_body(env) -> dict:
     """``Environment._serialize_to_dict``: the body ``Environment.register`` posts."""
     from azureml.core import Environment

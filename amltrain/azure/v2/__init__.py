@@ -49,8 +49,9 @@ def check(p: Plan, settings: AzureSettings) -> None:
     job_command(p)
 
 
-def job_document(job) -> dict:
-    """What a dry run prints: the job as ``az ml job create`` reads it, and the body ``create_or_update`` PUTs."""
+def job_document(job, folder=None) -> dict:
+    """What a dry run prints and ``--emit-yaml`` writes: the job as ``az ml job create -f`` reads it (``code``
+    relative to ``folder``, where the file goes, when given)."""
     import yaml
 
-    return {"job": yaml.safe_load(job_yaml(job)), "request_body": job_body(job)}
+    return yaml.safe_load(job_yaml(job, folder))

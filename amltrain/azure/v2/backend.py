@@ -20,7 +20,16 @@ from pathlib import Path
 
 from ...errors import ToolkitError
 from ...signals import signals_as_interrupts
-from ..backend import QUOTA_HINT, ComputeInfo, EnvironmentInfo, RunInfo, azure_errors, azure_message
+from ..backend import (
+    QUOTA_HINT,
+    ComputeInfo,
+    EnvironmentInfo,
+    RunInfo,
+    azure_errors,
+    azure_message,
+    identity_of,
+    login_server,
+)
 from ..settings import AzureSettings, WorkspaceRef
 from ..workspace import (
     ACR_EXCHANGE_HINT,
@@ -108,8 +117,7 @@ class MLClientBackend:
 
     # --- registry -------------------------------------------------------------------------------------------
     def registry_login_server(self) -> str | None:
-        arm_id = self.workspace_details().container_registry or ""
-        return f"{arm_id.rstrip('/').rsplit('/', 1)[-1].lower()}.azurecr.io" if arm_id else None
+        return login_server(self.workspace_details().container_registry or "")
 
     def registry_admin_credentials(self) -> tuple[str, str]:
         hint = "enable the ACR admin user, or use azure.registry.auth: aad"
@@ -280,7 +288,15 @@ def _compute_info(target) -> ComputeInfo:
         max_nodes=int(getattr(target, "max_instances", 0) or 0),
         state=_text(target.provisioning_state),
         kind="AmlCompute" if str(target.type).lower() == "amlcompute" else str(target.type or type(target).__name__),
+        identity=_identity(getattr(target, "identity", None)),
     )
+
+
+def _identity(identity) -> str:
+    if identity is None:
+        return ""
+    ids = [i.resource_id for i in (identity.user_assigned_identities or []) if getattr(i, "resource_id", None)]
+    return identity_of(identity.type, ids)
 
 
 def _text(value) -> str:

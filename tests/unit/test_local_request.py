@@ -6,7 +6,7 @@ import pytest
 
 from amltrain import masking
 from amltrain.errors import ToolkitError
-from amltrain.local import request as localrun
+from amltrain.local import request as local_request
 from amltrain.spec import ContainerRequest, Distribution, JobSpec, LocalSettings, Mount, frozen_map
 
 
@@ -33,7 +33,7 @@ def settings(tmp_path) -> LocalSettings:
 
 
 def test_request_is_exactly_azure_mls_single_node_contract(job, settings, tmp_path):
-    request = localrun.local_request(job, "amltrain/train:cpu-abc", settings, run_id="fowl_1_ab")
+    request = local_request.local_request(job, "amltrain/train:cpu-abc", settings, run_id="fowl_1_ab")
     run_dir = tmp_path / "runs/fowl_1_ab"
     assert request.run_dir == run_dir and request.network == ""  # one node: Docker's default bridge
     assert request.snapshot_files == ("train/job.py",)
@@ -76,7 +76,7 @@ def distributed(job, launch, nodes, procs, command=""):
 
 
 def test_per_process_launch_gives_every_rank_its_own_variables(job, settings):
-    request = localrun.local_request(distributed(job, "per-process", 2, 2), "img", settings, run_id="r_1_a")
+    request = local_request.local_request(distributed(job, "per-process", 2, 2), "img", settings, run_id="r_1_a")
     assert [c.hostname for c in request.containers] == ["node-0", "node-1"]
     assert {c.network for c in request.containers} == {"amltrain-r_1_a"}
     for node, container in enumerate(request.containers):
@@ -93,7 +93,7 @@ def test_per_process_launch_gives_every_rank_its_own_variables(job, settings):
 
 def test_per_node_launch_runs_the_command_once_per_node_in_a_shell(job, settings):
     command = "torchrun --nproc_per_node 2 --node_rank $NODE_RANK ${{inputs.data}}"
-    request = localrun.local_request(distributed(job, "per-node", 2, 2, command), "img", settings)
+    request = local_request.local_request(distributed(job, "per-node", 2, 2, command), "img", settings)
     for node, container in enumerate(request.containers):
         assert container.environment["WORLD_SIZE"] == "2" and container.environment["NODE_RANK"] == str(node)
         plan = json.loads(container.plan)
@@ -105,7 +105,7 @@ def test_per_node_launch_runs_the_command_once_per_node_in_a_shell(job, settings
 
 def test_mpi_launch_runs_mpirun_on_node_0_and_serves_it_elsewhere(job, settings):
     job = replace(job, environment=frozen_map({"MY_API_KEY": "abc"}))
-    request = localrun.local_request(distributed(job, "mpi", 2, 2), "img", settings)
+    request = local_request.local_request(distributed(job, "mpi", 2, 2), "img", settings)
     head, worker = request.containers
     for container in request.containers:
         env = container.environment
@@ -118,20 +118,21 @@ def test_mpi_launch_runs_mpirun_on_node_0_and_serves_it_elsewhere(job, settings)
     assert "--allow-run-as-root" not in plan["mpirun"]  # runs as 1000
     assert plan["mpirun"][-6:] == ["python", "train/job.py", "--data-dir", "/mnt/azureml/inputs/data", "--lr", "0.1"]
     assert plan["mpirun_env"]["OMPI_MCA_plm_rsh_agent"].endswith("launcher.py rsh")
-    described = localrun.describe(request)["containers"][1]
+    described = local_request.describe(request)["containers"][1]
     assert described["ranks_set_by_mpirun"][1] == {
         "OMPI_COMM_WORLD_RANK": "3", "OMPI_COMM_WORLD_SIZE": "4",
         "OMPI_COMM_WORLD_LOCAL_RANK": "1", "OMPI_COMM_WORLD_LOCAL_SIZE": "2"}
 
 
 def test_single_node_mpi_names_the_master_as_azure_ml_does(job, settings):
-    (container,) = localrun.local_request(distributed(job, "mpi", 1, 2), "img", settings).containers
+    (container,) = local_request.local_request(distributed(job, "mpi", 1, 2), "img", settings).containers
     assert container.environment["AZ_BATCHAI_MPI_MASTER_NODE"] == "node-0"
     assert "AZ_BATCH_MASTER_NODE" not in container.environment
 
 
 def test_dry_run_shows_every_container_and_each_ranks_environment(job, settings):
-    described = localrun.describe(localrun.local_request(distributed(job, "per-process", 2, 2), "img", settings))
+    request = local_request.local_request(distributed(job, "per-process", 2, 2), "img", settings)
+    described = local_request.describe(request)
     assert described["network"]["name"].startswith("amltrain-") and described["network"]["driver"] == "bridge"
     assert (described["nodes"], described["procs_per_node"]) == (2, 2)
     ranks = [p["environment"]["RANK"] for c in described["containers"] for p in c["processes"]]
@@ -140,35 +141,35 @@ def test_dry_run_shows_every_container_and_each_ranks_environment(job, settings)
 
 
 def test_building_a_request_touches_nothing(job, settings):
-    localrun.local_request(job, "img", settings)
+    local_request.local_request(job, "img", settings)
     assert not settings.runs_dir.exists()
 
 
 def test_root_runs_keep_the_image_home(job, settings):
-    request = localrun.local_request(job, "img", LocalSettings(runs_dir=settings.runs_dir, user="0:0"))
+    request = local_request.local_request(job, "img", LocalSettings(runs_dir=settings.runs_dir, user="0:0"))
     assert "HOME" not in request.containers[0].environment
 
 
 def test_unknown_input_reference_is_refused(job, settings):
     bad = JobSpec(**{**job.__dict__, "arguments": ("${{inputs.missing}}",)})
     with pytest.raises(ToolkitError, match="input 'missing'"):
-        localrun.local_request(bad, "img", settings)
+        local_request.local_request(bad, "img", settings)
 
 
 def test_script_excluded_by_amlignore_is_refused(job, settings, source):
     (source / ".amlignore").write_text("train/\n")
     with pytest.raises(ToolkitError, match="excluded from the snapshot"):
-        localrun.local_request(job, "img", settings)
+        local_request.local_request(job, "img", settings)
 
 
 def test_describe_masks_secrets(job, settings):
-    env = localrun.describe(localrun.local_request(job, "img", settings))["containers"][0]["environment"]
+    env = local_request.describe(local_request.local_request(job, "img", settings))["containers"][0]["environment"]
     assert env["MY_API_KEY"] == "****" and env["FOO"] == "bar"
     assert masking.mask("DB_URL", "https://u:p@host/x") == "https://****@host/x"
 
 
 def test_run_ids_look_like_azure_mls_and_are_unique():
-    a, b = localrun.new_run_id("fowl transfer"), localrun.new_run_id("fowl transfer")
+    a, b = local_request.new_run_id("fowl transfer"), local_request.new_run_id("fowl transfer")
     assert a != b
     name, stamp, suffix = a.split("_")
     assert name == "fowl-transfer" and stamp.isdigit() and len(suffix) == 8
@@ -176,13 +177,13 @@ def test_run_ids_look_like_azure_mls_and_are_unique():
 
 def test_gpus_and_the_run_cache_reach_the_request(job, settings, tmp_path):
     cached = LocalSettings(runs_dir=settings.runs_dir, user="1000:1000", gpus=("0,1",), cache_dir=tmp_path / "cache")
-    request = localrun.local_request(job, "img", cached)
+    request = local_request.local_request(job, "img", cached)
     container = request.containers[0]
     assert container.gpus == "0,1" and request.cache_dir == tmp_path / "cache"
     assert Mount(str(tmp_path / "cache"), "/mnt/azureml/cache") in container.mounts
     assert container.environment["AMLTRAIN_CACHE_DIR"] == "/mnt/azureml/cache"
     assert container.environment["TORCH_HOME"] == "/mnt/azureml/cache/torch"
-    assert localrun.describe(request)["containers"][0]["gpus"] == "0,1"
+    assert local_request.describe(request)["containers"][0]["gpus"] == "0,1"
 
 
 @pytest.mark.parametrize("name, value", [
@@ -199,3 +200,33 @@ def test_secret_looking_options_in_a_command_are_masked_when_printed():
     assert masking.mask_words(["python", "x.py", "--hf-token", "abc", "--api-key=def", "--lr", "0.1",
                                 "https://u:p@host/x"]) == \
         ["python", "x.py", "--hf-token", "****", "--api-key=****", "--lr", "0.1", "https://****@host/x"]
+
+
+def test_a_secret_inside_the_sh_c_word_is_masked_where_the_request_is_printed_and_recorded(job, settings):
+    command = replace(job, script="", command="torchrun x.py --hf-token s3cr3t --data 'a b' HF_TOKEN=s3cr3t",
+                      distribution=Distribution("per-node", 2, 1))
+    # also request.json's body
+    described = local_request.describe(local_request.local_request(command, "img", settings))
+    assert "s3cr3t" not in json.dumps(described)
+    sh_c = described["containers"][0]["processes"][0]["command"]
+    assert sh_c == ["/bin/sh", "-c", "torchrun x.py --hf-token **** --data 'a b' HF_TOKEN=****"]
+    mpi_command = replace(command, distribution=Distribution("mpi", 2, 1))
+    mpi = local_request.describe(local_request.local_request(mpi_command, "img", settings))
+    assert "s3cr3t" not in json.dumps(mpi)
+
+
+@pytest.mark.parametrize("line, shown", [
+    ("a --token 'x y' b", "a --token **** b"),  # a quoted value is one word
+    ("a --token\t\"x\\\" y\"  b", "a --token\t****  b"),  # spacing kept
+    ("API_KEY=x ./run --password=y", "API_KEY=**** ./run --password=****"),
+    ("echo 'unbalanced --token z", "echo 'unbalanced --token ****"),
+])
+def test_shell_lines_are_masked_word_by_word_quotes_respected(line, shown):
+    assert masking.mask_command(line) == shown
+
+
+def test_error_lines_are_masked_and_cut_between_words():
+    line = masking.error_line("input 'MY-TOKEN=abc' at /w/https:/u:p@host/d " + "word " * 400)
+    assert line.startswith("error: input 'MY-TOKEN=****' at /w/https:/****@host/d word")
+    assert line.endswith(" word …") and len(line) <= masking.ERROR_LINE_LIMIT + 10
+    assert masking.error_line("image a/b:c@sha256:0123") == "error: image a/b:c@sha256:0123"  # a digest is no secret
