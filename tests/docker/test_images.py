@@ -163,8 +163,9 @@ def test_prune_images_removes_only_tags_no_target_uses(cpu_image, gpu_image, doc
     repository = "amltrain/test-prune"
     env = {"INVOKE_IMAGES_REPOSITORY": repository}
     current = [f"{repository}:{image.rsplit(':', 1)[1]}" for image in (cpu_image, gpu_image)]
+    current.append(current[0] + "-mlflow-ui")  # `invoke ui`'s image for the current cpu image: kept
     stale = f"{repository}:cpu-000000000000"  # an "old build"
-    for image, ref in zip((cpu_image, gpu_image, cpu_image), (*current, stale), strict=True):
+    for image, ref in zip((cpu_image, gpu_image, cpu_image, cpu_image), (*current, stale), strict=True):
         docker_client.images.get(image).tag(*ref.rsplit(":", 1))
     try:
         dry = invoke("prune-images", "--dry-run", env=env)
