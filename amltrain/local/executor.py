@@ -10,6 +10,7 @@ network are removed, found by label as well as by what this process made.
 from __future__ import annotations
 
 import codecs
+import dataclasses
 import json
 import os
 import queue
@@ -44,9 +45,9 @@ class Outcome:
 def run(request: LocalRequest, out=None, announce: str = "") -> None:
     """Start one container per node, stream every rank's output, stop the whole gang when any part fails
     or is interrupted, and clean up always; raises ``ToolkitError`` with the failed rank's exit code.
-    ``announce`` is printed once the run's folder exists (a run id printed earlier could name nothing)."""
-    import docker
-
+    ``announce`` is printed once the run's folder exists (a run id printed earlier could name nothing).
+    With a preemption drill the gang is stopped after a while and started again, each attempt with
+    fresh containers on the same checkpoint folder and with logs of its own (``logs/attempt-<k>``)."""
     client = engine.connect()
     for image in {c.image for c in request.containers}:
         if not engine.image_exists(client, image):
@@ -57,41 +58,38 @@ def run(request: LocalRequest, out=None, announce: str = "") -> None:
         archive = _archive_from_image(client, request.containers[0].image, request.code_in_image, uid, gid)
     else:
         archive = snapshot.tar_archive(request.snapshot_dir, request.snapshot_files, WORKDIR, uid, gid)
-    token = secrets.token_hex(32)  # authenticates mpirun's agent; exists only inside the run's containers
     _make_run_dir(request, uid, gid)
     if announce:
         print(announce, file=out or sys.stdout, flush=True)
-    started_at, containers, outcome, started = time.time(), [], None, False
-    with signals_as_interrupts():
-        try:
-            if request.network:
-                client.networks.create(request.network, driver="bridge", check_duplicate=True,
-                                       labels={LABEL_RUN_ID: request.run_id})
-            for c in request.containers:
-                containers.append(_create(client, c))
-                containers[-1].put_archive("/", archive)
-                containers[-1].put_archive("/", _control_archive(c, token, uid, gid))
-            for container in containers:
-                container.start()
-                started = True
-            outcome = _supervise(containers, request, out or sys.stdout)
-        except KeyboardInterrupt as exc:
-            if started:
-                _stop_gang(containers)
-                outcome = Outcome("Canceled", 128 + getattr(exc, "signum", signal.SIGINT))
-        except docker.errors.APIError as exc:
-            if not started:
-                raise _refused(exc, request) from None
-            _stop_gang(containers)
-            outcome = Outcome("Failed", 1, f"Docker ({first_line(exc)})", str(request.run_dir / "logs"))
-        finally:
-            problems = _teardown(client, request, containers)
-            if not started:  # nothing ran: leave nothing behind
-                shutil.rmtree(request.run_dir, ignore_errors=True)
+    drill = request.preemption
+    started_at, attempts, problems = time.time(), [], []
+    outcome = None
+    for number in range(1, (drill.restarts if drill else 0) + 2):
+        attempt = _attempt_request(request, number, uid, gid) if drill else request
+        preempt = drill is not None and number <= drill.restarts
+        if drill:
+            print(f"amltrain: attempt {number} of run {request.run_id}"
+                  + (f", preempted after {drill.after_s:g} s" if preempt else ", not preempted"),
+                  file=out or sys.stdout, flush=True)
+        begun = time.time()
+        outcome, started, attempt_problems = _attempt(client, attempt, archive, out or sys.stdout,
+                                                       drill.after_s if preempt else None)
+        problems += attempt_problems
+        if not started and not attempts:  # nothing ran: leave nothing behind
+            shutil.rmtree(request.run_dir, ignore_errors=True)
+            break
+        if drill:
+            attempts.append({"attempt": number, "status": outcome.status if outcome else "Canceled",
+                             "exit_code": outcome.exit_code if outcome else 130, "started": begun,
+                             "duration_s": round(time.time() - begun, 1), "logs": f"logs/attempt-{number}"})
+        if outcome is None or outcome.status != "Preempted":
+            break
+        print(f"amltrain: attempt {number} preempted (SIGTERM, then SIGKILL after {drill.grace_s:g} s); "
+              "restarting on the same checkpoints", file=out or sys.stdout, flush=True)
     if outcome is None:
         raise ToolkitError(f"run {request.run_id} interrupted before it started; nothing kept", exit_code=130)
     outcome.cleanup_problems = problems
-    _write_result(request, outcome, started_at)
+    _write_result(request, outcome, started_at, attempts)
     for problem in problems:
         print(f"warning: cleaning up run {request.run_id}: {problem}", file=sys.stderr)
     if outcome.status == "Canceled":
@@ -104,9 +102,60 @@ def run(request: LocalRequest, out=None, announce: str = "") -> None:
                            "all nodes stopped", hint, exit_code=outcome.exit_code)
 
 
-def _supervise(containers, request: LocalRequest, out) -> Outcome:
+def _attempt(client, request: LocalRequest, archive: bytes, out, preempt_after: float | None):
+    """One start of the gang: (outcome or None when interrupted before it started, whether it started,
+    cleanup problems). Containers and network are made for it and removed after it."""
+    import docker
+
+    token = secrets.token_hex(32)  # authenticates mpirun's agent; exists only inside the run's containers
+    uid, _, gid = request.containers[0].user.partition(":")
+    uid, gid = int(uid), int(gid or uid)
+    containers, outcome, started = [], None, False
+    with signals_as_interrupts():
+        try:
+            if request.network:
+                client.networks.create(request.network, driver="bridge", check_duplicate=True,
+                                       labels={LABEL_RUN_ID: request.run_id})
+            for c in request.containers:
+                containers.append(_create(client, c))
+                containers[-1].put_archive("/", archive)
+                containers[-1].put_archive("/", _control_archive(c, token, uid, gid))
+            for container in containers:
+                container.start()
+                started = True
+            outcome = _supervise(containers, request, out, preempt_after)
+        except KeyboardInterrupt as exc:
+            if started:
+                _stop_gang(containers, request.grace_s + 1)
+                outcome = Outcome("Canceled", 128 + getattr(exc, "signum", signal.SIGINT))
+        except docker.errors.APIError as exc:
+            if not started:
+                raise _refused(exc, request) from None
+            _stop_gang(containers, request.grace_s + 1)
+            outcome = Outcome("Failed", 1, f"Docker ({first_line(exc)})", str(request.run_dir / "logs"))
+        finally:
+            problems = _teardown(client, request, containers)
+    return outcome, started, problems
+
+
+def _attempt_request(request: LocalRequest, number: int, uid: int, gid: int) -> LocalRequest:
+    """Attempt ``number`` of a drill: the same request with ``logs/`` mounted from ``logs/attempt-<number>``."""
+    logs = request.run_dir / "logs"
+    folder = logs / f"attempt-{number}"
+    for sub in ("", "user_logs", "system_logs", "system_logs/launcher"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+        if (uid, gid) != (os.getuid(), os.getgid()):
+            os.chown(folder / sub, uid, gid)
+    containers = tuple(dataclasses.replace(c, mounts=tuple(
+        dataclasses.replace(m, source=str(folder)) if m.source == str(logs) else m for m in c.mounts))
+        for c in request.containers)
+    return dataclasses.replace(request, containers=containers)
+
+
+def _supervise(containers, request: LocalRequest, out, preempt_after: float | None = None) -> Outcome:
     """Stream all containers' output; the run ends when every node is done (with MPI: when node 0's mpirun
-    is), or at the first failure, which stops the rest."""
+    is), or at the first failure, which stops the rest, or ``preempt_after`` seconds in (a drill's
+    preemption: the gang is stopped as Azure ML stops preempted nodes)."""
     import docker
     from urllib3.exceptions import HTTPError as Urllib3Error
 
@@ -137,10 +186,14 @@ def _supervise(containers, request: LocalRequest, out) -> Outcome:
         streams[node].start()
         threading.Thread(target=wait, args=(node, container), daemon=True).start()
     done, mpi = set(), request.distribution.launch == "mpi"
+    preempt_at = time.monotonic() + preempt_after if preempt_after is not None else None
     while True:
         try:
             node, code = exits.get(timeout=0.5)
         except queue.Empty:
+            if preempt_at is not None and time.monotonic() >= preempt_at:
+                outcome = Outcome("Preempted", 128 + signal.SIGTERM)
+                break
             continue
         if code is None or (request.run_dir / CANCEL_MARK).exists():
             outcome = Outcome("Canceled", 130)
@@ -152,7 +205,7 @@ def _supervise(containers, request: LocalRequest, out) -> Outcome:
         if len(done) == len(containers) or (mpi and node == 0):
             outcome = Outcome("Completed")
             break
-    _stop_gang(containers)
+    _stop_gang(containers, request.grace_s + 1)  # the launcher gives its processes grace_s
     deadline = time.monotonic() + 3
     for thread in streams:
         thread.join(max(0.0, deadline - time.monotonic()))
@@ -222,7 +275,8 @@ def _failure(request: LocalRequest, node: int, code: int) -> Outcome:
     """Name the process that failed first, from the launchers' records (a container that died without one,
     e.g. killed for memory, or mpirun failing by itself, is named by its node)."""
     records = []
-    for path in (request.run_dir / "logs/system_logs/launcher").glob("*.json"):
+    logs_dir = next(Path(m.source) for m in request.containers[0].mounts if m.target == f"{WORKDIR}/logs")
+    for path in (logs_dir / "system_logs/launcher").glob("*.json"):
         try:
             record = json.loads(path.read_text())
             records.append((float(record["time"]), str(record["label"]), int(record["node_rank"]),
@@ -230,20 +284,22 @@ def _failure(request: LocalRequest, node: int, code: int) -> Outcome:
         except (OSError, ValueError, KeyError, TypeError):
             continue
     if not records:
-        logs = request.run_dir / "logs/user_logs"
+        logs = logs_dir / "user_logs"
         log = logs / "mpi_log.txt" if request.distribution.launch == "mpi" and node == 0 else logs
         return Outcome("Failed", code, f"node {node}", str(log))
     _, label, node_rank, exit_code, log = min(records)
     where = label if label.startswith("node") else f"{label} (node {node_rank})"
-    return Outcome("Failed", exit_code, where, str(request.run_dir / Path(log).relative_to(WORKDIR)))
+    return Outcome("Failed", exit_code, where, str(logs_dir / Path(log).relative_to(f"{WORKDIR}/logs")))
 
 
-def _write_result(request: LocalRequest, outcome: Outcome, started_at: float) -> None:
+def _write_result(request: LocalRequest, outcome: Outcome, started_at: float, attempts: list[dict]) -> None:
     """runs/<id>/result.json: what `invoke local-status` reports once the containers are gone."""
     d = request.distribution
     result = {"run_id": request.run_id, "status": outcome.status, "exit_code": outcome.exit_code,
               "failed": outcome.failed, "launch": d.launch, "nodes": d.nodes, "procs_per_node": d.procs_per_node,
               "started": started_at, "duration_s": round(time.time() - started_at, 1),
+              "checkpoints": str(request.checkpoint_dir) if request.checkpoint_dir else "",
+              "resumed_from": request.resumed_from, "attempts": attempts,
               "cleanup_problems": outcome.cleanup_problems}
     (request.run_dir / "result.json").write_text(json.dumps(result, indent=2) + "\n")
 
@@ -269,6 +325,7 @@ def _make_run_dir(request: LocalRequest, uid: int, gid: int) -> None:
                            "remove it, or set local.cache_dir to a folder of the run's user")
     folders = [run_dir / sub for sub in ("outputs", "logs", "logs/user_logs", "logs/system_logs",
                                          "logs/system_logs/launcher", "mlruns")]
+    folders += [request.checkpoint_dir] if request.checkpoint_dir else []
     folders += [cache_dir] if cache_dir and not cache_dir.exists() else []
     for folder in folders:
         folder.mkdir(parents=True, exist_ok=True)

@@ -52,19 +52,21 @@ def test_request_is_exactly_azure_mls_single_node_contract(job, settings, tmp_pa
             "AZUREML_RUN_ID": "fowl_1_ab", "AZUREML_ARM_PROJECT_NAME": "fowl",
             "AZUREML_NODE_COUNT": "1", "MLFLOW_TRACKING_URI": "file:///mnt/azureml/mlruns",
             "MLFLOW_EXPERIMENT_NAME": "fowl", "MLFLOW_ALLOW_FILE_STORE": "true",
+            "AMLTRAIN_CHECKPOINT_DIR": "/mnt/azureml/checkpoints",
             "AZUREML_DATAREFERENCE_data": "/mnt/azureml/inputs/data", "HOME": "/tmp",
         }),
         mounts=(
             Mount(str(run_dir / "outputs"), "/mnt/azureml/wd/outputs"),
             Mount(str(run_dir / "logs"), "/mnt/azureml/wd/logs"),
             Mount(str(run_dir / "mlruns"), "/mnt/azureml/mlruns"),
+            Mount(str(run_dir / "checkpoints"), "/mnt/azureml/checkpoints"),
             Mount(str(tmp_path / "fowl"), "/mnt/azureml/inputs/data", read_only=True),
         ),
         labels=frozen_map({"amltrain.run-id": "fowl_1_ab", "amltrain.node-rank": "0",
                            "amltrain.experiment": "fowl", "amltrain.run-dir": str(run_dir)}),
     )
     assert json.loads(container.plan) == {
-        "mode": "run", "node_rank": 0, "prefix": False, "status_dir": "/mnt/azureml/wd/logs/system_logs/launcher",
+        "mode": "run", "node_rank": 0, "prefix": False, "status_dir": "/mnt/azureml/wd/logs/system_logs/launcher", "grace_s": 5.0,
         "command": ["python", "train/job.py", "--data-dir", "/mnt/azureml/inputs/data", "--lr", "0.1"],
         "processes": [{"rank": 0, "label": "rank 0", "env": {"RANK": "0", "LOCAL_RANK": "0"},
                        "log": "/mnt/azureml/wd/logs/user_logs/std_log.txt"}],

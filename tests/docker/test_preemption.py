@@ -1,0 +1,53 @@
+"""The preemption drill end to end: a 2-node DDP run of the sample, preempted twice, ends exactly where an
+uninterrupted run with the same seed ends (bitwise: the same model file, metrics and MLflow history)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from train import fowl_synthetic
+
+from .conftest import invoke, run_dir_of
+
+# Small enough to be quick on two shared cores, long enough (about 30 s of training) for two preemptions
+# 15 s into an attempt (about 10 s of it starting up) to land mid-run. Any landing point must give the same end.
+ARGS = ("--data-dir ${{inputs.data}} --weights none --image-size 32 --batch-size 4 --num-epochs 8 "
+        "--num-workers 1 --checkpoint-every 1 --seed 3")
+
+
+def mlflow_history(run_dir: Path) -> dict[str, list[tuple[str, str]]]:
+    """Each metric's (value, step) lines of the run's one MLflow run: a continued run has one history."""
+    (run,) = [p for p in run_dir.glob("mlruns/*/*") if (p / "metrics").is_dir()]
+    return {m.name: [tuple(line.split()[1:]) for line in m.read_text().splitlines()]
+            for m in sorted((run / "metrics").iterdir())}
+
+
+def test_a_preempted_two_node_run_ends_bitwise_like_an_uninterrupted_one(cpu_image, tmp_path):
+    data = fowl_synthetic.generate(tmp_path / "fowl", train_per_class=8, val_per_class=4, size=40, seed=1)
+    env = {"INVOKE_LOCAL_RUNS_DIR": str(tmp_path / "runs"), "INVOKE_LOCAL_CACHE_DIR": str(tmp_path / "cache")}
+    common = ("run-local", "--input", f"data={data}", "--nodes", "2", "--args", ARGS)
+
+    plain = invoke(*common, env=env)
+    assert plain.returncode == 0, plain.stdout[-3000:] + plain.stderr
+    drilled = invoke(*common, "--preempt-after", "15", "--restarts", "2", "--grace", "20", env=env)
+    assert drilled.returncode == 0, drilled.stdout[-3000:] + drilled.stderr
+    a, b = Path(run_dir_of(plain.stdout)), Path(run_dir_of(drilled.stdout))
+
+    result = json.loads((b / "result.json").read_text())
+    assert [(x["attempt"], x["status"]) for x in result["attempts"]] == [
+        (1, "Preempted"), (2, "Preempted"), (3, "Completed")]
+    assert result["status"] == "Completed" and result["checkpoints"] == str(b / "checkpoints")
+    for k in (1, 2):  # each preempted attempt saved on SIGTERM, and the next one resumed from it
+        assert "stopped by SIGTERM at" in (b / f"logs/attempt-{k}/user_logs/std_log_process_0.txt").read_text()
+        resumed = (b / f"logs/attempt-{k + 1}/user_logs/std_log_process_0.txt").read_text()
+        assert "resuming from checkpoint /mnt/azureml/checkpoints/ckpt-" in resumed
+        assert "continuing MLflow run" in resumed
+    status = invoke("local-status", env=env).stdout
+    assert f"{b.name}" in status and "3 attempt(s), 2 preempted" in status, status
+
+    assert (a / "outputs/model.pt2").read_bytes() == (b / "outputs/model.pt2").read_bytes()
+    assert (a / "outputs/metrics.json").read_text() == (b / "outputs/metrics.json").read_text()
+    history = mlflow_history(b)
+    assert history == mlflow_history(a)
+    assert [step for _, step in history["val_acc"]] == [str(e) for e in range(1, 9)]  # no epoch twice
