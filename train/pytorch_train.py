@@ -177,6 +177,12 @@ def check_paths(args: argparse.Namespace) -> None:
         raise JobError(f"--weights {args.weights}: expected imagenet, none, or an existing file", code=2)
 
 
+def ignore_sigterm(worker_id: int) -> None:
+    """Data loader workers get the launcher's SIGTERM too (same process group): they must outlive it until
+    the main process has saved and shuts them down."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def sample_seed(seed: int, epoch: int, index: int) -> int:
     """The augmentation seed of one sample in one epoch: independent of workers, ranks and restarts."""
     return ((seed * 1_000_003 + epoch) * 1_000_003 + index) % (2**63)
@@ -233,7 +239,7 @@ def make_loaders(root: Path, args: argparse.Namespace, rank: int, world: int) ->
         raise JobError(f"train classes {train_ds.classes} differ from val classes {val_ds.classes}", code=2)
     workers = max(0, min(args.num_workers, os.cpu_count() or 1))
     common = {"batch_size": args.batch_size, "num_workers": workers, "persistent_workers": workers > 0,
-              "pin_memory": torch.cuda.is_available()}
+              "pin_memory": torch.cuda.is_available(), "worker_init_fn": ignore_sigterm}
     sampler = ResumableSampler(train_ds, num_replicas=world, rank=rank, shuffle=True, seed=args.seed)  # any world
     train = DataLoader(train_ds, sampler=sampler, **common)
     return train, DataLoader(Subset(val_ds, range(rank, len(val_ds), world)), **common)

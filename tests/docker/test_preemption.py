@@ -10,9 +10,10 @@ from train import fowl_synthetic
 
 from .conftest import invoke, run_dir_of
 
-# Small enough to be quick on two shared cores, long enough (about 30 s of training) for two preemptions
-# 15 s into an attempt (about 10 s of it starting up) to land mid-run. Any landing point must give the same end.
-ARGS = ("--data-dir ${{inputs.data}} --weights none --image-size 32 --batch-size 4 --num-epochs 8 "
+# Small, to be quick on two shared cores. Wherever a preemption lands (starting up, mid-epoch, validating),
+# SIGTERM is acted on at the next step with a save, so every attempt moves on, and the end must be the same.
+# The grace is long so that a slow start under load is not cut short by SIGKILL.
+ARGS = ("--data-dir ${{inputs.data}} --weights none --image-size 32 --batch-size 4 --num-epochs 4 "
         "--num-workers 1 --checkpoint-every 1 --seed 3")
 
 
@@ -30,7 +31,7 @@ def test_a_preempted_two_node_run_ends_bitwise_like_an_uninterrupted_one(cpu_ima
 
     plain = invoke(*common, env=env)
     assert plain.returncode == 0, plain.stdout[-3000:] + plain.stderr
-    drilled = invoke(*common, "--preempt-after", "15", "--restarts", "2", "--grace", "20", env=env)
+    drilled = invoke(*common, "--preempt-after", "12", "--restarts", "2", "--grace", "60", env=env)
     assert drilled.returncode == 0, drilled.stdout[-3000:] + drilled.stderr
     a, b = Path(run_dir_of(plain.stdout)), Path(run_dir_of(drilled.stdout))
 
@@ -50,4 +51,4 @@ def test_a_preempted_two_node_run_ends_bitwise_like_an_uninterrupted_one(cpu_ima
     assert (a / "outputs/metrics.json").read_text() == (b / "outputs/metrics.json").read_text()
     history = mlflow_history(b)
     assert history == mlflow_history(a)
-    assert [step for _, step in history["val_acc"]] == [str(e) for e in range(1, 9)]  # no epoch twice
+    assert [step for _, step in history["val_acc"]] == [str(e) for e in range(1, 5)]  # no epoch twice

@@ -66,7 +66,8 @@ def test_request_is_exactly_azure_mls_single_node_contract(job, settings, tmp_pa
                            "amltrain.experiment": "fowl", "amltrain.run-dir": str(run_dir)}),
     )
     assert json.loads(container.plan) == {
-        "mode": "run", "node_rank": 0, "prefix": False, "status_dir": "/mnt/azureml/wd/logs/system_logs/launcher", "grace_s": 5.0,
+        "mode": "run", "node_rank": 0, "prefix": False, "status_dir": "/mnt/azureml/wd/logs/system_logs/launcher",
+        "grace_s": 5.0,
         "command": ["python", "train/job.py", "--data-dir", "/mnt/azureml/inputs/data", "--lr", "0.1"],
         "processes": [{"rank": 0, "label": "rank 0", "env": {"RANK": "0", "LOCAL_RANK": "0"},
                        "log": "/mnt/azureml/wd/logs/user_logs/std_log.txt"}],
