@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from amltrain import masking
+from amltrain import config, masking
 from amltrain.errors import ToolkitError
 from amltrain.local import request as local_request
-from amltrain.spec import ContainerRequest, Distribution, JobSpec, LocalSettings, Mount, frozen_map
+from amltrain.spec import ContainerRequest, Distribution, JobSpec, LocalSettings, Mount, Preemption, frozen_map
 
 
 @pytest.fixture
@@ -233,3 +233,48 @@ def test_error_lines_are_masked_and_cut_between_words():
     assert line.startswith("error: input 'MY-TOKEN=****' at /w/https:/****@host/d word")
     assert line.endswith(" word …") and len(line) <= masking.ERROR_LINE_LIMIT + 10
     assert masking.error_line("image a/b:c@sha256:0123") == "error: image a/b:c@sha256:0123"  # a digest is no secret
+
+
+def test_every_node_mounts_the_same_checkpoint_folder_at_the_same_path(job, settings, tmp_path):
+    request = local_request.local_request(replace(job, distribution=Distribution(nodes=2)), "img", settings,
+                                          run_id="fowl_1_ab")
+    for c in request.containers:
+        assert Mount(str(tmp_path / "runs/fowl_1_ab/checkpoints"), "/mnt/azureml/checkpoints") in c.mounts
+        assert c.environment["AMLTRAIN_CHECKPOINT_DIR"] == "/mnt/azureml/checkpoints"
+    assert request.checkpoint_dir == tmp_path / "runs/fowl_1_ab/checkpoints" and request.preemption is None
+
+
+def test_resume_mounts_the_named_runs_checkpoints_and_a_run_without_them_is_refused(job, settings, tmp_path):
+    with pytest.raises(ToolkitError, match="--resume fowl_0_old: no checkpoint folder"):
+        local_request.local_request(job, "img", settings, run_id="fowl_1_ab", resume="fowl_0_old")
+    (tmp_path / "runs/fowl_0_old/checkpoints").mkdir(parents=True)
+    request = local_request.local_request(job, "img", settings, run_id="fowl_1_ab", resume="fowl_0_old")
+    (container,) = request.containers
+    assert Mount(str(tmp_path / "runs/fowl_0_old/checkpoints"), "/mnt/azureml/checkpoints") in container.mounts
+    assert local_request.describe(request)["checkpoints"] == {
+        "folder": str(tmp_path / "runs/fowl_0_old/checkpoints"), "mounted_at": "/mnt/azureml/checkpoints",
+        "resumed_from": "fowl_0_old"}
+
+
+def test_the_drill_gives_the_launcher_its_grace_and_shows_in_the_dry_run(job, settings):
+    drill = Preemption(after_s=60, restarts=2, grace_s=30)
+    request = local_request.local_request(job, "img", settings, run_id="fowl_1_ab", preemption=drill)
+    assert json.loads(request.containers[0].plan)["grace_s"] == 30 and request.grace_s == 30
+    assert local_request.describe(request)["preemption"] == {"after_s": 60, "restarts": 2, "grace_s": 30}
+
+
+@pytest.mark.parametrize(("after", "restarts", "grace", "message"), [
+    (None, "2", None, "--restarts and --grace belong to the preemption drill"),
+    ("0", None, None, "--preempt-after must be a number of at least 0.1"),
+    ("abc", None, None, "--preempt-after must be a number"),
+    ("10", "-1", None, "--restarts must be a whole number"),
+    ("10", None, "-5", "--grace must be a number of at least 0"),
+])
+def test_bad_drill_options_are_one_line(after, restarts, grace, message):
+    with pytest.raises(ToolkitError, match=message):
+        config.preemption(after, restarts, grace)
+
+
+def test_drill_defaults_one_restart_and_azures_30_s_grace():
+    assert config.preemption("45", None, None) == Preemption(after_s=45.0, restarts=1, grace_s=30.0)
+    assert config.preemption(None, None, None) is None
