@@ -72,17 +72,26 @@ def run(request: LocalRequest, out=None, announce: str = "") -> None:
                   + (f", preempted after {drill.after_s:g} s" if preempt else ", not preempted"),
                   file=out or sys.stdout, flush=True)
         begun = time.time()
-        outcome, started, attempt_problems = _attempt(client, attempt, archive, out or sys.stdout,
-                                                       drill.after_s if preempt else None)
+        try:
+            outcome, started, attempt_problems = _attempt(client, attempt, archive, out or sys.stdout,
+                                                           drill.after_s if preempt else None)
+        except ToolkitError as refused:  # Docker refused a container
+            if not attempts:
+                shutil.rmtree(request.run_dir, ignore_errors=True)
+                raise
+            outcome, started, attempt_problems = Outcome("Failed", 1, f"attempt {number} ({refused.message})",
+                                                         str(request.run_dir / "logs")), True, []
         problems += attempt_problems
         if not started and not attempts:  # nothing ran: leave nothing behind
             shutil.rmtree(request.run_dir, ignore_errors=True)
             break
+        if outcome is None:  # a later attempt interrupted before it started: the earlier ones are kept
+            outcome = Outcome("Canceled", 130)
         if drill:
-            attempts.append({"attempt": number, "status": outcome.status if outcome else "Canceled",
-                             "exit_code": outcome.exit_code if outcome else 130, "started": begun,
+            attempts.append({"attempt": number, "status": outcome.status, "exit_code": outcome.exit_code,
+                             "started": begun,
                              "duration_s": round(time.time() - begun, 1), "logs": f"logs/attempt-{number}"})
-        if outcome is None or outcome.status != "Preempted":
+        if outcome.status != "Preempted":
             break
         print(f"amltrain: attempt {number} preempted (SIGTERM, then SIGKILL after {drill.grace_s:g} s); "
               "restarting on the same checkpoints", file=out or sys.stdout, flush=True)
