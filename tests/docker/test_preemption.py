@@ -4,8 +4,10 @@ uninterrupted run with the same seed ends (bitwise: the same model file, metrics
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
+from tests.conftest import ROOT
 from train import fowl_synthetic
 
 from .conftest import invoke, run_dir_of
@@ -52,3 +54,22 @@ def test_a_preempted_two_node_run_ends_bitwise_like_an_uninterrupted_one(cpu_ima
     history = mlflow_history(b)
     assert history == mlflow_history(a)
     assert [step for _, step in history["val_acc"]] == [str(e) for e in range(1, 5)]  # no epoch twice
+
+
+def test_the_sample_resumes_from_the_newest_complete_checkpoint_only(cpu_image, docker_client, tmp_path):
+    """A file being written (another name) is never read; a damaged newest one is skipped, said so."""
+    fowl_synthetic.generate(tmp_path / "fowl", train_per_class=4, val_per_class=2, size=40, seed=1)
+    script = (
+        "set -e; A='--data-dir /w/fowl --weights none --image-size 32 --batch-size 4 --num-workers 0 "
+        "--checkpoint-dir /w/ckpt --output-dir /w/out'; "
+        "python train/pytorch_train.py $A --num-epochs 1; "
+        "head -c 1000 /w/ckpt/ckpt-e0002-s000000.pt > /w/ckpt/.ckpt-e0009-s000000.pt.1.tmp; "
+        "head -c 1000 /w/ckpt/ckpt-e0002-s000000.pt > /w/ckpt/ckpt-e0003-s000001.pt; "
+        "python train/pytorch_train.py $A --num-epochs 2")
+    log = docker_client.containers.run(
+        cpu_image, ["sh", "-c", script], working_dir="/src", user=f"{os.getuid()}:{os.getgid()}",
+        environment={"HOME": "/tmp"}, remove=True, stderr=True,
+        volumes={str(ROOT): {"bind": "/src", "mode": "ro"}, str(tmp_path): {"bind": "/w", "mode": "rw"}}).decode()
+    assert "warning: skipping checkpoint ckpt-e0003-s000001.pt" in log, log
+    assert "resuming from checkpoint /w/ckpt/ckpt-e0002-s000000.pt: epoch 2, step 0" in log, log
+    assert "epoch 2/2" in log and "epoch 1/2" not in log, log
