@@ -318,7 +318,7 @@ def load_checkpoint(folder: Path, world: int) -> tuple[Path, dict] | tuple[None,
     """The newest checkpoint that loads (every rank reads it for itself); an unreadable one is skipped."""
     for path in checkpoints(folder) if folder.is_dir() else []:
         try:
-            state = torch.load(path, map_location="cpu", weights_only=False)
+            state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - a damaged file: the previous one will do
             print(f"warning: skipping checkpoint {path.name}: {type(exc).__name__}: {exc}", flush=True)
             continue
