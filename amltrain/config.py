@@ -486,6 +486,7 @@ def local_settings(cfg: Mapping[str, Any], root: Path, user: str | None = None,
     return LocalSettings(
         runs_dir=runs_dir,
         shm_size=size(local.get("shm_size"), "local.shm_size"),
+        memory=size(local["memory"], "local.memory") if local.get("memory") else "",
         user=user,
         master_port=whole(local.get("master_port") or 6105, "local.master_port", 1, "a TCP port, e.g. 6105",
                           maximum=65535),

@@ -108,6 +108,7 @@ class LocalSettings:
     master_port: int = 6105  # what Azure ML's PyTorchConfiguration gives
     gpus: tuple[str, ...] = ()  # per node: "" none, "all", or device ids "0,1" (disjoint between nodes)
     cache_dir: Path | None = None  # kept across runs: downloaded data and weights
+    memory: str = ""  # each node container's memory limit (Docker size, e.g. 16g); "" unlimited
 
 
 @dataclass(frozen=True)
@@ -134,6 +135,7 @@ class ContainerRequest:
     gpus: str = ""  # "" none, "all", or device ids "0,1"
     network: str = ""  # the run's private network; ``hostname`` is this container's name on it
     plan: str = ""  # JSON: what the in-container launcher starts (amltrain/local/launcher.py)
+    memory: str = ""  # memory limit (Docker size); "" unlimited
 
 
 @dataclass(frozen=True)

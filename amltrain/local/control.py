@@ -62,6 +62,8 @@ def status(running: dict[str, list], runs_dir: Path, limit: int = 10) -> list[di
         if result.get("status") != "Completed":
             detail += f", exit code {result.get('exit_code')}" + (f" ({result['failed']})" if result.get("failed")
                                                                    else "")
+            if result.get("oom_killed_nodes"):
+                detail += ", out of memory on " + ", ".join(f"node-{n}" for n in result["oom_killed_nodes"])
         if attempts := result.get("attempts"):
             preempted = sum(a.get("status") == "Preempted" for a in attempts)
             detail += f", {len(attempts)} attempt(s), {preempted} preempted"

@@ -49,32 +49,66 @@ def exit_status(returncode: int) -> int:
 
 
 def tee(stream, log_path: str, prefix: bytes) -> threading.Thread:
-    """Copy a child's output line by line into its log file (as is) and to stdout (prefixed)."""
+    """Copy a child's output line by line into its log file (as is) and to stdout (prefixed). A log that
+    cannot be written (a full disk) is given up, the stream goes on: a pump that stopped reading would leave
+    the child blocked on a full pipe, and the run hanging."""
     def pump():
-        os.makedirs(os.path.dirname(log_path), exist_ok=True)
-        with open(log_path, "ab") as log:
-            for line in iter(stream.readline, b""):
-                log.write(line)
-                log.flush()
-                with _write_lock:
-                    sys.stdout.buffer.write(prefix + line if prefix else line)
-                    sys.stdout.buffer.flush()
+        log = None
+        try:
+            os.makedirs(os.path.dirname(log_path), exist_ok=True)
+            log = open(log_path, "ab")
+        except OSError as exc:
+            _note(f"cannot write {log_path} ({exc.strerror}); its output goes to the container's stream only")
+        for line in iter(stream.readline, b""):
+            if log is not None:
+                try:
+                    log.write(line)
+                    log.flush()
+                except OSError as exc:
+                    _note(f"cannot write {log_path} ({exc.strerror}); its output goes to the container's stream "
+                          "only from here on")
+                    log = _close_quietly(log)
+            with _write_lock:
+                sys.stdout.buffer.write(prefix + line if prefix else line)
+                sys.stdout.buffer.flush()
+        _close_quietly(log)
 
     thread = threading.Thread(target=pump, daemon=True)
     thread.start()
     return thread
 
 
+def _note(message: str) -> None:
+    with _write_lock:
+        sys.stdout.buffer.write(f"amltrain launcher: {message}\n".encode())
+        sys.stdout.buffer.flush()
+
+
+def _close_quietly(f) -> None:
+    try:
+        if f is not None:
+            f.close()
+    except OSError:
+        pass
+
+
 def record_failure(plan: dict, label: str, rank: int, code: int, log: str, when: float) -> None:
     """What the host reads to say which rank failed first: the earliest ``when`` (the moment the process
-    ended, not when it was noticed) wins."""
-    os.makedirs(plan["status_dir"], exist_ok=True)
+    ended, not when it was noticed) wins. Without room to write it, the host names the node instead."""
     record = {"label": label, "rank": rank, "node_rank": plan["node_rank"], "exit_code": code, "log": log,
               "time": when}
     path = os.path.join(plan["status_dir"], f"{label.replace(' ', '_')}.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump(record, f)
-    os.replace(path + ".tmp", path)
+    try:
+        os.makedirs(plan["status_dir"], exist_ok=True)
+        with open(path + ".tmp", "w") as f:
+            json.dump(record, f)
+        os.replace(path + ".tmp", path)
+    except OSError as exc:
+        _note(f"cannot record the failure of {label} ({exc.strerror})")
+        try:
+            os.unlink(path + ".tmp")
+        except OSError:
+            pass
 
 
 def stop(children, grace_s: float = 5.0) -> None:

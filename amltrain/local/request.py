@@ -216,6 +216,7 @@ def local_request(job: JobSpec, image: str, settings: LocalSettings, run_id: str
         gpus=settings.gpus[node] if node < len(settings.gpus) else "",
         network=network,
         plan=json.dumps(plans[node], sort_keys=True),
+        memory=settings.memory,
     ) for node, hostname in enumerate(node_hostnames(job.distribution.nodes)))
     return LocalRequest(run_id=run_id, run_dir=run_dir, snapshot_dir=job.source_dir, snapshot_files=names,
                         containers=containers, cache_dir=settings.cache_dir, code_in_image=code_in_image,
@@ -232,7 +233,7 @@ def describe(request: LocalRequest) -> dict:
         entry = {
             "name": c.name, "image": c.image, "hostname": c.hostname, "network": c.network or "default bridge",
             "command": list(c.command), "working_dir": c.working_dir, "user": c.user, "shm_size": c.shm_size,
-            "gpus": c.gpus or "none",
+            "memory": c.memory or "unlimited", "gpus": c.gpus or "none",
             "environment": {k: mask(k, v) for k, v in sorted(c.environment.items())},
             "mounts": [f"{m.source}:{m.target}:{'ro' if m.read_only else 'rw'}" for m in c.mounts],
             "labels": dict(c.labels),

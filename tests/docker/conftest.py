@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
@@ -25,6 +26,8 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if "tests/docker/" in str(item.fspath).replace(os.sep, "/"):
             item.add_marker(pytest.mark.docker)
+    # A test that restarts the engine goes last, whatever its file's name, so no other test sees the engine go.
+    items.sort(key=lambda item: item.get_closest_marker("engine_restart") is not None)
 
 
 @pytest.fixture(scope="session")
@@ -91,4 +94,12 @@ def run_dir_of(output: str) -> str:
 
 
 def containers_labelled(client, label: str) -> list:
+    """docker-py lists, then inspects each container: one removed in between (a run ending) is asked again."""
+    import docker
+
+    for _ in range(10):
+        try:
+            return client.containers.list(all=True, filters={"label": label})
+        except docker.errors.NotFound:
+            time.sleep(0.1)
     return client.containers.list(all=True, filters={"label": label})

@@ -15,6 +15,7 @@ import re
 import shutil
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -130,3 +131,62 @@ def stop(registry: LocalRegistry) -> None:
         registry.process.wait(timeout=10)
     except subprocess.TimeoutExpired:
         registry.process.kill()
+
+
+class DroppingProxy:
+    """A loopback TCP proxy in front of a registry that drops one connection, once: the first whose request
+    bytes match ``pattern`` (e.g. the push's manifest PUT), closed before that request reaches the registry, as
+    a network that fails mid-push would. Everything else is passed through untouched; on 127.0.0.1, dockerd
+    talks plain HTTP to it as it does to the registry."""
+
+    def __init__(self, upstream: str, pattern: bytes):
+        host, port = upstream.rsplit(":", 1)
+        self.upstream = (host, int(port))
+        self.pattern = re.compile(pattern)
+        self.dropped = 0
+        self._lock = threading.Lock()
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self._server.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def close(self) -> None:
+        self._server.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._server.accept()
+            except OSError:  # closed
+                return
+            try:
+                upstream = socket.create_connection(self.upstream, timeout=10)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
+
+    def _pump(self, source, sink, requests: bool) -> None:
+        seen = b""  # the end of what came before, for a match split between two reads
+        try:
+            while True:
+                data = source.recv(65536)
+                if not data:
+                    break
+                if requests:
+                    window, seen = seen + data, (seen + data)[-512:]
+                    with self._lock:
+                        drop = not self.dropped and self.pattern.search(window) is not None
+                        self.dropped += drop
+                    if drop:
+                        break
+                sink.sendall(data)
+        except OSError:
+            pass
+        for sock in (source, sink):  # one side gone: so is the other, as with a lost connection
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()

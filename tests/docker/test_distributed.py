@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import CLI, ROOT
 
 from .conftest import containers_labelled, invoke, left_by, own_experiment, run_dir_of
 
@@ -104,7 +103,7 @@ def test_a_crashing_rank_stops_every_node_and_its_exit_code_is_the_runs(cpu_imag
 
 def started_two_node_run(probe_env) -> tuple[subprocess.Popen, Path]:
     """A 2-node run of ranks that sleep 300 s, once both ranks have written their report."""
-    proc = subprocess.Popen([sys.executable, "-m", "invoke", "run-local", "--script", "dist_probe.py",
+    proc = subprocess.Popen([CLI, "run-local", "--script", "dist_probe.py",
                              "--args", "--sleep 300", "--nodes", "2"], cwd=ROOT, env={**os.environ, **probe_env},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     run_dir = Path(run_dir_of(proc.stdout.readline()))
@@ -125,7 +124,7 @@ def test_local_status_logs_and_cancel_work_from_another_shell(cpu_image, probe_e
         assert f"{run_dir.name}" in status.stdout and "Running" in status.stdout, status.stdout + status.stderr
         logs = invoke("local-logs", "--run", run_dir.name, env=probe_env)
         assert "[rank 1] all-reduce sum 3 on node-1" in logs.stdout, logs.stdout + logs.stderr
-        follow = subprocess.Popen([sys.executable, "-m", "invoke", "local-logs", "--run", run_dir.name, "--follow"],
+        follow = subprocess.Popen([CLI, "local-logs", "--run", run_dir.name, "--follow"],
                                   cwd=ROOT, env={**os.environ, **probe_env}, stdout=subprocess.PIPE, text=True)
         started = time.monotonic()
         dry = invoke("local-cancel", "--run", run_dir.name, "--dry-run", env=probe_env)

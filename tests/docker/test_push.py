@@ -291,3 +291,35 @@ def test_the_aad_path_feeds_push_register_and_submit(registry, cpu_ref, tmp_path
     _, src, tags = fake.submitted[0]
     assert tags["amltrain.image_digest"] == registry.manifest_digest(REPOSITORY, cpu_ref.rsplit(":", 1)[1])
     assert TOKEN not in capsys.readouterr().out
+
+
+def test_a_connection_dropped_mid_push_is_retried_and_the_registry_gets_the_local_digest(docker_client, registry):
+    """The network drops the push's manifest upload (after every layer went up): the engine gives up on that push
+    and says so in the stream, the retry resumes it (the layers are there already, only the manifest goes again),
+    and the digest the registry serves is the one this engine computed."""
+    repository = f"amltrain-pushtest/dropped-{uuid.uuid4().hex[:8]}"
+    proxy = local_registry.DroppingProxy(registry.address, rb"PUT /v2/[^ ]+/manifests/")
+    env = basic_env(registry, INVOKE_IMAGES_REPOSITORY=repository, INVOKE_AZURE_REGISTRY_ADDRESS=proxy.address,
+                    INVOKE_AZURE_PUSH_BACKOFF_SECONDS="0.1")
+    ref = invoke("image-ref", "--target", "gpu", env=env).stdout.strip()
+    image_repository, tag = ref.rsplit(":", 1)
+    docker_client.api.import_image_from_data(tiny_tar(), repository=image_repository, tag=tag)
+    uploads = registry.blob_uploads()
+    try:
+        result = invoke("push", "--target", "gpu", env=env)
+        local_digests = docker_client.images.get(ref).attrs["RepoDigests"]
+    finally:
+        proxy.close()
+        for name in (ref, f"{proxy.address}/{ref}"):
+            with contextlib.suppress(Exception):
+                docker_client.images.remove(name, force=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert proxy.dropped == 1
+    retried = rf"push at {re.escape(proxy.address)}: .*; retrying in 0.1 s \(1/3\)"
+    assert re.search(retried, result.stdout), result.stdout
+    # resumed: the second attempt found the layer there and sent only what was missing
+    assert "layer already exists" in result.stdout and registry.blob_uploads() - uploads == 2  # layer, config
+    match = re.search(r"pushed (\S+)@(sha256:[0-9a-f]{64})", result.stdout)
+    assert match and match.group(1) == f"{proxy.address}/{ref}", result.stdout
+    assert registry.manifest_digest(repository, tag) == match.group(2)
+    assert local_digests == [f"{proxy.address}/{repository}@{match.group(2)}"]

@@ -8,14 +8,13 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from amltrain import engine
-from tests.conftest import ROOT
+from tests.conftest import CLI, ROOT
 
 from .conftest import containers_labelled, invoke, left_by, own_experiment, run_dir_of
 
@@ -96,7 +95,7 @@ def test_dry_run_prints_the_request_and_runs_nothing(cpu_image, probe_env, docke
 
 def test_ctrl_c_stops_and_removes_the_container(cpu_image, probe_env, docker_client):
     before = {c.id for c in docker_client.containers.list(all=True)}  # other runs may share the engine
-    proc = subprocess.Popen([sys.executable, "-m", "invoke", "run-local", "--args", "--sleep 120"], cwd=ROOT,
+    proc = subprocess.Popen([CLI, "run-local", "--args", "--sleep 120"], cwd=ROOT,
                             env={**os.environ, **probe_env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while not (started := [c for c in docker_client.containers.list(filters={"label": "amltrain.experiment=probe"})

@@ -94,6 +94,13 @@ def test_shm_size_must_be_a_size():
         config.local_settings(load_config({"local": {"shm_size": "lots"}}), ROOT)
 
 
+def test_local_memory_is_a_size_or_nothing():
+    assert config.local_settings(load_config(), ROOT).memory == ""
+    assert config.local_settings(load_config({"local": {"memory": "16g"}}), ROOT).memory == "16g"
+    with pytest.raises(ToolkitError, match="local.memory '16 GB' is not a size"):
+        config.local_settings(load_config({"local": {"memory": "16 GB"}}), ROOT)
+
+
 def test_missing_data_dir_is_refused(tmp_path):
     with pytest.raises(ToolkitError, match="is not a directory"):
         config.job_spec(load_config(), ROOT, inputs=[f"data={tmp_path / 'nope'}"])

@@ -48,6 +48,14 @@ def test_status_reports_finished_runs_with_their_failed_rank(tmp_path):
     assert row["detail"] == "2x2 mpi, 4.2 s, exit code 7 (rank 3 (node 1))"
 
 
+def test_status_names_a_node_killed_for_memory(tmp_path):
+    finished_run(tmp_path, "r_6", "per-process", {}, {"status": "Failed", "exit_code": 137, "nodes": 2,
+                                                    "failed": "rank 1 (node 1)", "oom_killed_nodes": [1],
+                                                    "procs_per_node": 1, "duration_s": 3.0})
+    (row,) = local_control.status({}, tmp_path)
+    assert row["detail"].endswith("exit code 137 (rank 1 (node 1)), out of memory on node-1")
+
+
 def test_an_unknown_run_is_refused(tmp_path):
     with pytest.raises(ToolkitError, match="no local run 'nope'"):
         local_control.run_dir({}, tmp_path, "nope")
