@@ -382,7 +382,8 @@ def model(c, run=None, register=None, download=None, path=None, sdk=None, dry_ru
 
 
 def _run_local(c, *, target, script, args, inputs, env, user, dry_run, inputs_made_later=False, baked=False,
-               command=None, launch=None, nodes=None, procs_per_node=None, args_setting="--args", debug_rank=None):
+               command=None, launch=None, nodes=None, procs_per_node=None, args_setting="--args", debug_rank=None,
+               resume="", preemption=None):
     job = config.job_spec(c.config, ROOT, target=target, script=script, arguments=args, inputs=inputs, env=env,
                           command=command, launch=launch, nodes=nodes, procs_per_node=procs_per_node,
                           require_inputs=not inputs_made_later, arguments_setting=args_setting)
@@ -395,7 +396,8 @@ def _run_local(c, *, target, script, args, inputs, env, user, dry_run, inputs_ma
         debug_rank = config.whole(debug_rank, "--debug-rank", 0, "a rank number, e.g. 0")
     request = local_request.local_request(job, image, config.local_settings(c.config, ROOT, user, gpus, for_run=True),
                                           code_in_image=images.CODE_ROOT if baked else "", debug_rank=debug_rank,
-                                          debugpy_dir=local_request.host_debugpy() if debug_rank is not None else "")
+                                          debugpy_dir=local_request.host_debugpy() if debug_rank is not None else "",
+                                          resume=resume or "", preemption=preemption)
     if dry_run:
         _print_yaml(local_request.describe(request))
         return
@@ -426,18 +428,26 @@ def _run_local(c, *, target, script, args, inputs, env, user, dry_run, inputs_ma
             "command": "Shell command run instead of `python SCRIPT ARGS` ($VARS expand in the container)",
             "debug-rank": "Start this rank under debugpy, waiting for a debugger on 127.0.0.1:5678 before its first "
                           "line (per-process launch; docs/debugging.md)",
+            "resume": "Continue from this local run's checkpoints (its runs/<id>/checkpoints, mounted as "
+                      "AMLTRAIN_CHECKPOINT_DIR)",
+            "preempt-after": "Preemption drill: SIGTERM to the whole gang this many seconds into each attempt, "
+                             "SIGKILL after --grace, then a restart on the same checkpoints",
+            "restarts": "Preemption drill: how many times the gang is preempted and restarted (default 1)",
+            "grace": "Preemption drill: seconds from SIGTERM to SIGKILL (default 30)",
             "dry-run": "Print every container request, the network and each rank's environment (secrets "
                        "masked) and run nothing"})
 @one_line_errors
 def run_local(c, target=None, script=None, args=None, input=None, env=None, user=None, baked=False,
-              nodes=None, procs_per_node=None, launch=None, command=None, debug_rank=None, dry_run=False):
+              nodes=None, procs_per_node=None, launch=None, command=None, debug_rank=None, resume=None,
+              preempt_after=None, restarts=None, grace=None, dry_run=False):
     """Run the job in local Docker as Azure ML runs it: one process, or simulated nodes (DDP, torchrun, MPI).
 
     Same image, same runtime contract (working dir, outputs/, logs/, environment, shm) as a cluster run.
     """
     _run_local(c, target=target, script=script, args=args, inputs=input or [], env=env or [], user=user,
                dry_run=dry_run, baked=baked, nodes=nodes, procs_per_node=procs_per_node, launch=launch,
-               command=command, debug_rank=debug_rank)
+               command=command, debug_rank=debug_rank, resume=resume,
+               preemption=config.preemption(preempt_after, restarts, grace))
 
 
 def _runs_dir(c) -> Path:

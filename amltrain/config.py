@@ -32,6 +32,7 @@ from .spec import (
     ImageSpec,
     JobSpec,
     LocalSettings,
+    Preemption,
     frozen_map,
 )
 
@@ -553,6 +554,19 @@ def number(value: Any, what: str, minimum: float = 0.0, hint: str | None = None)
     if isinstance(value, bool) or not math.isfinite(result) or result < minimum:
         raise ToolkitError(f"{what} must be a number of at least {minimum:g}, got {value!r}", hint)
     return result
+
+
+def preemption(after: Any, restarts: Any, grace: Any) -> Preemption | None:
+    """run-local's drill options; none given: no drill. --restarts or --grace alone are a mistake."""
+    if after is None:
+        if restarts is not None or grace is not None:
+            raise ToolkitError("--restarts and --grace belong to the preemption drill", "add --preempt-after SECONDS")
+        return None
+    return Preemption(
+        after_s=number(after, "--preempt-after", 0.1, "seconds into each attempt, e.g. --preempt-after 60"),
+        restarts=whole(1 if restarts is None else restarts, "--restarts", 0, "e.g. --restarts 2"),
+        grace_s=number(30 if grace is None else grace, "--grace", 0.0, "seconds from SIGTERM to SIGKILL, e.g. 30"),
+    )
 
 
 def choice(value: Any, what: str, choices: tuple[str, ...], default: str) -> str:

@@ -140,6 +140,16 @@ class ContainerRequest:
 
 
 @dataclass(frozen=True)
+class Preemption:
+    """A preemption drill: ``after_s`` into each attempt the gang gets SIGTERM, ``grace_s`` later SIGKILL, and it
+    is started again on the same checkpoints, at most ``restarts`` times; the last attempt runs to its end."""
+
+    after_s: float
+    restarts: int = 1
+    grace_s: float = 30.0
+
+
+@dataclass(frozen=True)
 class LocalRequest:
     """A local run: one container per node on a private network, the snapshot copied into each, and where
     results land."""
@@ -153,3 +163,7 @@ class LocalRequest:
     code_in_image: str = ""  # baked code: the snapshot is copied from this folder of the image, not the host
     network: str = ""
     distribution: Distribution = field(default_factory=Distribution)
+    checkpoint_dir: Path | None = None  # host folder kept across attempts: runs/<id>/checkpoints or --resume's
+    resumed_from: str = ""  # the run whose checkpoints these are, when not this one's
+    preemption: Preemption | None = None
+    grace_s: float = 5.0  # SIGTERM to SIGKILL when the gang is stopped

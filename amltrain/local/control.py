@@ -64,6 +64,9 @@ def status(running: dict[str, list], runs_dir: Path, limit: int = 10) -> list[di
                                                                    else "")
             if result.get("oom_killed_nodes"):
                 detail += ", out of memory on " + ", ".join(f"node-{n}" for n in result["oom_killed_nodes"])
+        if attempts := result.get("attempts"):
+            preempted = sum(a.get("status") == "Preempted" for a in attempts)
+            detail += f", {len(attempts)} attempt(s), {preempted} preempted"
         rows.append({"run_id": result.get("run_id", path.parent.name), "status": result.get("status", "?"),
                      "detail": detail, "run_dir": str(path.parent)})
     return rows
@@ -75,13 +78,16 @@ def rank_logs(folder: Path, rank: int | None = None) -> list[tuple[str, Path]]:
     logs are one per node); one process's log or a chosen rank's is not."""
     unit = "node" if _launch(folder) == "per-node" else "rank"
     found = []
-    for path in (folder / "logs/user_logs").glob("std_log*.txt"):
-        match = RANK_LOG.match(path.name)
-        if match and (rank is None or rank == int(match.group(1) or 0)):
-            number = int(match.group(1) or 0)
-            prefix = f"[{unit} {number}] " if match.group(1) is not None and rank is None else ""
-            found.append((number, prefix, path))
-    return [(prefix, path) for _, prefix, path in sorted(found)]
+    # a preemption drill's attempts each have their own logs/attempt-<k>/: theirs, in attempt order
+    attempts = sorted(folder.glob("logs/attempt-*/user_logs"), key=lambda p: int(p.parent.name.split("-")[1]))
+    for order, logs in enumerate([folder / "logs/user_logs", *attempts]):
+        for path in logs.glob("std_log*.txt"):
+            match = RANK_LOG.match(path.name)
+            if match and (rank is None or rank == int(match.group(1) or 0)):
+                number = int(match.group(1) or 0)
+                prefix = f"[{unit} {number}] " if match.group(1) is not None and rank is None else ""
+                found.append((order, number, prefix, path))
+    return [(prefix, path) for _, _, prefix, path in sorted(found)]
 
 
 def _launch(folder: Path) -> str:

@@ -8,16 +8,20 @@ network are removed, found by label as well as by what this process made. Once t
 signals no longer raise: the supervision loop reads them, so no second Ctrl-C can cut the stop, the cleanup
 or ``result.json`` short (it only hurries the stop). An engine that goes away mid-run is waited for, to clean
 up; a diagnosis (out of memory, a full disk) is said only when Docker or the file system says so.
+A preemption drill runs the gang several times (attempts), each as above; a stop signal in any attempt ends
+the run, while a preemption only ends its attempt.
 """
 
 from __future__ import annotations
 
 import codecs
+import dataclasses
 import json
 import os
 import queue
 import secrets
 import shutil
+import signal
 import sys
 import threading
 import time
@@ -32,14 +36,14 @@ from ..spec import ContainerRequest, LocalRequest, frozen_map
 from . import launcher, tracking
 from .request import CANCEL_MARK, LABEL_EXPERIMENT, LABEL_RUN_ID, WORKDIR, describe
 
-GRACE_S = 6.0  # SIGTERM to SIGKILL; the launcher itself gives its processes 5 s
+GRACE_S = 6.0  # SIGTERM to SIGKILL by default; a stop uses the request's grace_s + 1 (the launcher's grace)
 ENGINE_WAIT_S = 60.0  # a run whose engine went away waits this long for it to come back, to remove its containers
 DISK_LOW_BYTES = 1 << 20  # less free than this where the run writes: "the disk is full"
 
 
 @dataclass
 class Outcome:
-    status: str  # Azure ML's words: Completed, Failed, Canceled
+    status: str  # Azure ML's words: Completed, Failed, Canceled; Preempted (a drill's attempt)
     exit_code: int = 0
     failed: str = ""  # "rank 3 (node 1)"
     log: str = ""  # the failed process's log on the host
@@ -61,7 +65,9 @@ def engine_errors() -> tuple[type[BaseException], ...]:
 def run(request: LocalRequest, out=None, announce: str = "") -> None:
     """Start one container per node, stream every rank's output, stop the whole gang when any part fails
     or is interrupted, and clean up always; raises ``ToolkitError`` with the failed rank's exit code.
-    ``announce`` is printed once the run's folder exists (a run id printed earlier could name nothing)."""
+    ``announce`` is printed once the run's folder exists (a run id printed earlier could name nothing).
+    With a preemption drill the gang is stopped after a while and started again, each attempt with
+    fresh containers on the same checkpoint folder and with logs of its own (``logs/attempt-<k>``)."""
     client = engine.connect()
     out = out or sys.stdout
     for image in {c.image for c in request.containers}:
@@ -73,55 +79,138 @@ def run(request: LocalRequest, out=None, announce: str = "") -> None:
         archive = _archive_from_image(client, request.containers[0].image, request.code_in_image, uid, gid)
     else:
         archive = snapshot.tar_archive(request.snapshot_dir, request.snapshot_files, WORKDIR, uid, gid)
-    token = secrets.token_hex(32)  # authenticates mpirun's agent; exists only inside the run's containers
     _make_run_dir(request, uid, gid)
     if announce:
-        print(announce, file=out or sys.stdout, flush=True)
-    started_at, containers, tracked = time.time(), [], None
+        print(announce, file=out, flush=True)
+    started_at = time.time()
+    # One handler for the whole run, not one per attempt: a signal that lands between two attempts is kept,
+    # and ends the run instead of starting the next attempt.
     with signals_as_interrupts(once=True, final=True) as received:
-        # Making the gang: a first signal interrupts it (later ones are only counted), and nothing is kept.
-        try:
+        try:  # the run's one MLflow run, made first: every attempt's processes continue it, as on Azure ML
             tracked = _track(client, request)
-            if tracked:  # every process continues the one MLflow run, as on Azure ML
-                request = replace(request, containers=tuple(
-                    replace(c, environment=frozen_map({**c.environment, "MLFLOW_RUN_ID": tracked["run_id"]}))
-                    for c in request.containers))
-            if request.network:
-                client.networks.create(request.network, driver="bridge", check_duplicate=True,
-                                       labels={LABEL_RUN_ID: request.run_id})
-            for c in request.containers:
-                containers.append(_create(client, c))
-                containers[-1].put_archive("/", archive)
-                containers[-1].put_archive("/", _control_archive(c, token, uid, gid))
-            # Running: from the first start on, signals are requests the supervision answers (stop the gang,
-            # hurry at the next one), never exceptions, so the shutdown, the cleanup and result.json always happen.
-            received.raising = False
         except KeyboardInterrupt:
-            _abandon(client, request, containers, tracked)
+            shutil.rmtree(request.run_dir, ignore_errors=True)
             raise ToolkitError(f"run {request.run_id} interrupted before it started; nothing kept",
                                exit_code=128 + received[0]) from None
-        except engine_errors() as exc:
-            _abandon(client, request, containers, tracked)
-            raise _refused(client, exc, request) from None
+        if tracked:
+            request = replace(request, containers=tuple(
+                replace(c, environment=frozen_map({**c.environment, "MLFLOW_RUN_ID": tracked["run_id"]}))
+                for c in request.containers))
         try:
-            outcome = _start_and_supervise(client, containers, request, out, received)
-        except _NotStarted as refused:
-            _abandon(client, request, containers, tracked)
-            raise _refused(client, refused.cause, request) from None
-        except BaseException:  # an error nobody anticipated: the gang still stops and goes, the folder stays
-            _stop_gang(containers, hurry=lambda: True)
-            _teardown(client, request, containers)
+            outcome, attempts = _attempts(client, request, archive, out, received, uid, gid)
+        except ToolkitError:
+            if not request.run_dir.exists():  # nothing ran: no MLflow run is left behind either
+                _forget(request, tracked)
             raise
-        if outcome is None:
-            _abandon(client, request, containers, tracked)
-            raise ToolkitError(f"run {request.run_id} interrupted before it started; nothing kept",
-                               exit_code=128 + received[0])
-        outcome.cleanup_problems = _teardown(client, request, containers, outcome.engine_lost, received, out)
-        lost = engine_down(client) if outcome.cleanup_problems and outcome.status != "Completed" else ""
-        if lost and not outcome.engine_lost:  # it went away as the run was ending (it stops the containers first)
-            outcome = Outcome("Failed", 1, "the Docker engine", engine_lost=lost)
-            outcome.cleanup_problems = _teardown(client, request, containers, lost, received, out)
-        _finish(request, outcome, started_at, tracked)
+        _finish(request, outcome, started_at, attempts, tracked)
+
+
+def _forget(request: LocalRequest, tracked: dict | None) -> None:
+    if tracked:
+        shutil.rmtree(tracking.store(request.run_dir.parent) / tracked["experiment_id"] / tracked["run_id"],
+                      ignore_errors=True)
+
+
+def _attempts(client, request: LocalRequest, archive: bytes, out, received, uid: int, gid: int):
+    """Run the gang once, or, with a drill, until an attempt is not preempted: (the run's outcome, the attempts
+    for result.json). A stop signal ends the run as Canceled whatever attempt it lands in: no next attempt."""
+    drill = request.preemption
+    attempts, problems = [], []
+    for number in range(1, (drill.restarts if drill else 0) + 2):
+        attempt = _attempt_request(request, number, uid, gid) if drill else request
+        preempt = drill is not None and number <= drill.restarts
+        if drill:
+            print(f"amltrain: attempt {number} of run {request.run_id}"
+                  + (f", preempted after {drill.after_s:g} s" if preempt else ", not preempted"), file=out, flush=True)
+        begun = time.time()
+        try:
+            outcome, attempt_problems = _attempt(client, attempt, archive, out, received,
+                                                 drill.after_s if preempt else None)
+        except _NotStarted as refused:
+            error = _refused(client, refused.cause, request)
+            if number == 1:  # nothing ran: leave nothing behind
+                shutil.rmtree(request.run_dir, ignore_errors=True)
+                raise error from None
+            outcome, attempt_problems = Outcome("Failed", 1, f"attempt {number} ({error})",
+                                                str(request.run_dir / "logs")), []
+        if outcome is None:  # a signal before any container started
+            if number == 1:
+                shutil.rmtree(request.run_dir, ignore_errors=True)
+                raise ToolkitError(f"run {request.run_id} interrupted before it started; nothing kept",
+                                   exit_code=128 + received[0])
+            outcome = Outcome("Canceled", 128 + received[0])  # the earlier attempts are kept
+        problems += attempt_problems
+        if drill:
+            attempts.append({"attempt": number, "status": outcome.status, "exit_code": outcome.exit_code,
+                             "started": begun, "duration_s": round(time.time() - begun, 1),
+                             "logs": f"logs/attempt-{number}"})
+        if outcome.status != "Preempted":
+            break
+        if received:  # a stop signal during the preemption's stop: the run ends there
+            outcome = Outcome("Canceled", 128 + received[0])
+            break
+        print(f"amltrain: attempt {number} preempted (SIGTERM, then SIGKILL after {drill.grace_s:g} s); "
+              "restarting on the same checkpoints", file=out, flush=True)
+    outcome.cleanup_problems = problems
+    return outcome, attempts
+
+
+def _attempt(client, request: LocalRequest, archive: bytes, out, received, preempt_after: float | None):
+    """One start of the gang, with containers and network of its own, removed after it whatever happens:
+    (outcome, cleanup problems); the outcome is None when a signal came before any container started.
+    Raises ``_NotStarted`` when Docker refused a container (all that was made is removed)."""
+    token = secrets.token_hex(32)  # authenticates mpirun's agent; exists only inside the run's containers
+    uid, _, gid = request.containers[0].user.partition(":")
+    uid, gid = int(uid), int(gid or uid)
+    containers = []
+    # Making the gang: a first signal interrupts it (later ones are only counted), and nothing is kept.
+    try:
+        if request.network:
+            client.networks.create(request.network, driver="bridge", check_duplicate=True,
+                                   labels={LABEL_RUN_ID: request.run_id})
+        for c in request.containers:
+            containers.append(_create(client, c))
+            containers[-1].put_archive("/", archive)
+            containers[-1].put_archive("/", _control_archive(c, token, uid, gid))
+        # Running: from the first start on, signals are requests the supervision answers (stop the gang,
+        # hurry at the next one), never exceptions, so the shutdown, the cleanup and result.json always happen.
+        received.raising = False
+    except KeyboardInterrupt:
+        return None, _teardown(client, request, containers)
+    except engine_errors() as exc:
+        _teardown(client, request, containers)
+        raise _NotStarted(exc) from None
+    try:
+        outcome = _start_and_supervise(client, containers, request, out, received, preempt_after)
+    except _NotStarted:
+        _teardown(client, request, containers)
+        raise
+    except BaseException:  # an error nobody anticipated: the gang still stops and goes, the folder stays
+        _stop_gang(containers, hurry=lambda: True)
+        _teardown(client, request, containers)
+        raise
+    if outcome is None:
+        return None, _teardown(client, request, containers)
+    outcome.cleanup_problems = _teardown(client, request, containers, outcome.engine_lost, received, out)
+    lost = engine_down(client) if outcome.cleanup_problems and outcome.status != "Completed" else ""
+    if lost and not outcome.engine_lost:  # it went away as the attempt was ending (it stops the containers first)
+        outcome = Outcome("Failed", 1, "the Docker engine", engine_lost=lost)
+        outcome.cleanup_problems = _teardown(client, request, containers, lost, received, out)
+    return outcome, outcome.cleanup_problems
+
+
+def _attempt_request(request: LocalRequest, number: int, uid: int, gid: int) -> LocalRequest:
+    """Attempt ``number`` of a drill: the same request with ``logs/`` mounted from ``logs/attempt-<number>``."""
+    logs = request.run_dir / "logs"
+    folder = logs / f"attempt-{number}"
+    for sub in ("", "user_logs", "system_logs", "system_logs/launcher"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+        if (uid, gid) != (os.getuid(), os.getgid()):
+            os.chown(folder / sub, uid, gid)
+    containers = tuple(dataclasses.replace(c, mounts=tuple(
+        dataclasses.replace(m, source=str(folder)) if m.source == str(logs) else m for m in c.mounts))
+        for c in request.containers)
+    return dataclasses.replace(request, containers=containers)
 
 
 class _NotStarted(Exception):
@@ -130,16 +219,8 @@ class _NotStarted(Exception):
         self.cause = cause
 
 
-def _abandon(client, request: LocalRequest, containers, tracked: dict | None = None) -> None:
-    """A run that never started leaves nothing behind: no container, network, folder or MLflow run."""
-    _teardown(client, request, containers)
-    shutil.rmtree(request.run_dir, ignore_errors=True)
-    if tracked:
-        shutil.rmtree(tracking.store(request.run_dir.parent) / tracked["experiment_id"] / tracked["run_id"],
-                      ignore_errors=True)
-
-
-def _start_and_supervise(client, containers, request: LocalRequest, out, received) -> Outcome | None:
+def _start_and_supervise(client, containers, request: LocalRequest, out, received,
+                         preempt_after: float | None = None) -> Outcome | None:
     """Start the gang and supervise it; None when a signal came before any container started."""
     started = False
     try:
@@ -153,19 +234,20 @@ def _start_and_supervise(client, containers, request: LocalRequest, out, receive
             raise _NotStarted(exc) from None
         lost = engine_down(client)
         if not lost:
-            _stop_gang(containers, hurry=lambda: len(received) > 0)
+            _stop_gang(containers, request.grace_s + 1, hurry=lambda: len(received) > 0)
         return Outcome("Failed", 1, f"Docker ({first_line(exc)})", str(request.run_dir / "logs"), engine_lost=lost)
     if not started:
         return None
-    return _supervise(client, containers, request, out, received)
+    return _supervise(client, containers, request, out, received, preempt_after)
 
 
-def _finish(request: LocalRequest, outcome: Outcome, started_at: float, tracked: dict | None = None) -> None:
+def _finish(request: LocalRequest, outcome: Outcome, started_at: float, attempts: list[dict],
+            tracked: dict | None = None) -> None:
     """Write result.json, close the MLflow run with the run's status, and say how the run ended: nothing
     (Completed) or one error line."""
     unwritten = ""
     try:
-        _write_result(request, outcome, started_at, tracked)
+        _write_result(request, outcome, started_at, attempts, tracked)
     except OSError as exc:
         unwritten = f"; result.json not written ({exc.strerror or exc})"
     if tracked:
@@ -254,10 +336,12 @@ def _socket_name() -> str:
     return os.environ.get("DOCKER_HOST") or "the engine's socket"
 
 
-def _supervise(client, containers, request: LocalRequest, out, received) -> Outcome:
+def _supervise(client, containers, request: LocalRequest, out, received, preempt_after: float | None = None
+               ) -> Outcome:
     """Stream all containers' output; the run ends when every node is done (with MPI: when node 0's mpirun
-    is), at the first failure, which stops the rest, at a stop signal (``received``), or when the engine goes
-    away."""
+    is), at the first failure, which stops the rest, at a stop signal (``received``), when the engine goes
+    away, or ``preempt_after`` seconds in (a drill's preemption: the gang is stopped as Azure ML stops
+    preempted nodes; it is no signal to this task, so the run goes on with the next attempt)."""
     lock, exits = threading.Lock(), queue.Queue()
 
     def stream(container):
@@ -281,6 +365,7 @@ def _supervise(client, containers, request: LocalRequest, out, received) -> Outc
         streams[node].start()
         threading.Thread(target=wait, args=(node, container), daemon=True).start()
     done, mpi = set(), request.distribution.launch == "mpi"
+    preempt_at = time.monotonic() + preempt_after if preempt_after is not None else None
     while True:
         if received:
             outcome = Outcome("Canceled", 128 + received[0])
@@ -288,6 +373,9 @@ def _supervise(client, containers, request: LocalRequest, out, received) -> Outc
         try:
             node, code = exits.get(timeout=0.5)
         except queue.Empty:
+            if preempt_at is not None and time.monotonic() >= preempt_at:
+                outcome = Outcome("Preempted", 128 + signal.SIGTERM)
+                break
             continue
         if (request.run_dir / CANCEL_MARK).exists():
             outcome = Outcome("Canceled", 130)
@@ -308,7 +396,7 @@ def _supervise(client, containers, request: LocalRequest, out, received) -> Outc
             break
     if not outcome.engine_lost:  # without an engine the containers are gone (or kept running by live-restore)
         seen = len(received)
-        _stop_gang(containers, hurry=lambda: len(received) > seen)
+        _stop_gang(containers, request.grace_s + 1, hurry=lambda: len(received) > seen)  # the launcher's grace
         if outcome.status == "Failed":
             outcome.oom_killed = _oom_killed(containers)
     deadline = time.monotonic() + 3
@@ -398,9 +486,11 @@ def _teardown(client, request: LocalRequest, containers, engine_lost: str = "", 
 
 def _failure(request: LocalRequest, node: int, code: int) -> Outcome:
     """Name the process that failed first, from the launchers' records (a container that died without one,
-    e.g. killed for memory, or mpirun failing by itself, is named by its node)."""
+    e.g. killed for memory, or mpirun failing by itself, is named by its node). The records are read where
+    this attempt's logs are mounted from (``logs/attempt-<k>`` in a drill)."""
     records = []
-    for path in (request.run_dir / "logs/system_logs/launcher").glob("*.json"):
+    logs_dir = next(Path(m.source) for m in request.containers[0].mounts if m.target == f"{WORKDIR}/logs")
+    for path in (logs_dir / "system_logs/launcher").glob("*.json"):
         try:
             record = json.loads(path.read_text())
             records.append((float(record["time"]), str(record["label"]), int(record["node_rank"]),
@@ -408,12 +498,12 @@ def _failure(request: LocalRequest, node: int, code: int) -> Outcome:
         except (OSError, ValueError, KeyError, TypeError):
             continue
     if not records:
-        logs = request.run_dir / "logs/user_logs"
+        logs = logs_dir / "user_logs"
         log = logs / "mpi_log.txt" if request.distribution.launch == "mpi" and node == 0 else logs
         return Outcome("Failed", code, f"node {node}", str(log))
     _, label, node_rank, exit_code, log = min(records)
     where = label if label.startswith("node") else f"{label} (node {node_rank})"
-    return Outcome("Failed", exit_code, where, str(request.run_dir / Path(log).relative_to(WORKDIR)))
+    return Outcome("Failed", exit_code, where, str(logs_dir / Path(log).relative_to(f"{WORKDIR}/logs")))
 
 
 def _track(client, request: LocalRequest) -> dict | None:
@@ -425,13 +515,16 @@ def _track(client, request: LocalRequest) -> dict | None:
                            first.labels[LABEL_EXPERIMENT], request.run_id, tags)
 
 
-def _write_result(request: LocalRequest, outcome: Outcome, started_at: float, tracked: dict | None) -> None:
+def _write_result(request: LocalRequest, outcome: Outcome, started_at: float, attempts: list[dict],
+                  tracked: dict | None = None) -> None:
     """runs/<id>/result.json: what `invoke local-status` reports once the containers are gone."""
     d = request.distribution
     result = {"run_id": request.run_id, "status": outcome.status, "exit_code": outcome.exit_code,
               "failed": outcome.failed, "launch": d.launch, "nodes": d.nodes, "procs_per_node": d.procs_per_node,
               "started": started_at, "duration_s": round(time.time() - started_at, 1),
               "oom_killed_nodes": outcome.oom_killed, "engine_lost": outcome.engine_lost,
+              "checkpoints": str(request.checkpoint_dir) if request.checkpoint_dir else "",
+              "resumed_from": request.resumed_from, "attempts": attempts,
               "cleanup_problems": outcome.cleanup_problems,
               "mlflow": tracked and {"store": str(tracking.store(request.run_dir.parent)), **tracked}}
     path = request.run_dir / "result.json"
@@ -464,6 +557,7 @@ def _make_run_dir(request: LocalRequest, uid: int, gid: int) -> None:
     folders = [run_dir / sub for sub in ("outputs", "logs", "logs/user_logs", "logs/system_logs",
                                          "logs/system_logs/launcher")]
     folders += [tracking.store(run_dir.parent)]
+    folders += [request.checkpoint_dir] if request.checkpoint_dir else []
     folders += [cache_dir] if cache_dir and not cache_dir.exists() else []
     try:
         for folder in folders:
@@ -519,8 +613,8 @@ def _create(client, c: ContainerRequest):
         environment=dict(c.environment), labels=dict(c.labels), shm_size=c.shm_size, device_requests=devices,
         mounts=[DockerMount(m.target, m.source, type="bind", read_only=m.read_only) for m in c.mounts],
         network=c.network or None, networking_config=networking,
-        ports={port: (address, host) for port, address, host in c.ports} or None,
         # A node's memory, as on a VM of finite size: no swap beyond it, and the kernel's OOM killer at it.
+        ports={port: (address, host) for port, address, host in c.ports} or None,
         mem_limit=c.memory or None, memswap_limit=c.memory or None,
     )
 

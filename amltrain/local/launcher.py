@@ -111,15 +111,16 @@ def record_failure(plan: dict, label: str, rank: int, code: int, log: str, when:
             pass
 
 
-def stop(children) -> None:
-    """Stop whole process groups (DataLoader workers, torchrun's children), politely first."""
+def stop(children, grace_s: float = 5.0) -> None:
+    """Stop whole process groups (DataLoader workers, torchrun's children), politely first: SIGTERM, then
+    SIGKILL after ``grace_s`` (the plan's: a preemption drill gives Azure's notice)."""
     for child in children:
         if child.poll() is None:
             try:
                 os.killpg(child.pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + grace_s
     for child in children:
         try:
             child.wait(max(0.1, deadline - time.monotonic()))
@@ -186,7 +187,7 @@ def run(plan: dict) -> int:
         return 0
     except Stopped as stopped:
         ignore_stop_signals()
-        stop(children)
+        stop(children, float(plan.get("grace_s", 5.0)))
         return 128 + stopped.signum
 
 

@@ -31,6 +31,7 @@ from ..spec import (
     LocalRequest,
     LocalSettings,
     Mount,
+    Preemption,
     frozen_map,
 )
 from . import launcher, tracking
@@ -39,6 +40,7 @@ WORKDIR = "/mnt/azureml/wd"
 INPUTS_ROOT = "/mnt/azureml/inputs"
 MLRUNS = "/mnt/azureml/mlruns"
 CACHE = "/mnt/azureml/cache"
+CHECKPOINTS = "/mnt/azureml/checkpoints"  # AMLTRAIN_CHECKPOINT_DIR: the same path on every node
 LABEL_RUN_ID = "amltrain.run-id"
 LABEL_NODE_RANK = "amltrain.node-rank"
 LABEL_EXPERIMENT = "amltrain.experiment"
@@ -124,6 +126,7 @@ def contract_env(job: JobSpec, run_id: str, node_rank: int, settings: LocalSetti
         "MLFLOW_EXPERIMENT_NAME": job.experiment,
         # MLflow 3 refuses file stores unless asked; Azure ML's own tracking store needs no such flag.
         "MLFLOW_ALLOW_FILE_STORE": "true",
+        "AMLTRAIN_CHECKPOINT_DIR": CHECKPOINTS,
     })
     for name in job.inputs:
         env[f"AZUREML_DATAREFERENCE_{name}"] = input_path(name)
@@ -153,11 +156,12 @@ def user_command(job: JobSpec) -> list[str]:
     return ["python", job.script, *substitute_inputs(job.arguments, job.inputs)]
 
 
-def node_plan(job: JobSpec, node_rank: int, settings: LocalSettings, debug_rank: int | None = None) -> dict:
+def node_plan(job: JobSpec, node_rank: int, settings: LocalSettings, debug_rank: int | None = None,
+              grace_s: float = 5.0) -> dict:
     """What the launcher in this node's container starts (``amltrain/local/launcher.py`` reads it as JSON)."""
     d = job.distribution
     logs = f"{WORKDIR}/logs/user_logs"
-    plan = {"node_rank": node_rank, "prefix": not d.single_process, "status_dir": STATUS_DIR}
+    plan = {"node_rank": node_rank, "prefix": not d.single_process, "status_dir": STATUS_DIR, "grace_s": grace_s}
     if d.launch == "mpi":
         plan.update({"rank_log": logs + "/std_log_process_{rank}.txt", "exec_port": EXEC_PORT})
         if node_rank > 0:
@@ -193,16 +197,29 @@ def node_plan(job: JobSpec, node_rank: int, settings: LocalSettings, debug_rank:
 
 
 def local_request(job: JobSpec, image: str, settings: LocalSettings, run_id: str | None = None,
-                  code_in_image: str = "", debug_rank: int | None = None, debugpy_dir: str = "") -> LocalRequest:
+                  code_in_image: str = "", debug_rank: int | None = None, debugpy_dir: str = "",
+                  resume: str = "", preemption: Preemption | None = None) -> LocalRequest:
     """The whole run as data: one container per node on a private network. ``code_in_image``: the image
     has the code baked in there (``build --bake``), and the working directory is a copy of that instead
     of the host's source directory. ``debug_rank``: that rank runs under debugpy (``debugpy_dir``, the host's
-    package, mounted), its port published on the host's 127.0.0.1."""
+    package, mounted), its port published on the host's 127.0.0.1. ``resume``: a previous run whose checkpoint
+    folder this one continues. ``preemption``: the drill (SIGTERM after a while, restart on the same
+    checkpoints)."""
     if debug_rank is not None:
         check_debug_rank(job, debug_rank)
     debug_node = -1 if debug_rank is None else debug_rank // job.distribution.procs_per_node
     run_id = run_id or new_run_id(job.experiment)
     run_dir = settings.runs_dir / run_id
+    checkpoint_dir = run_dir / "checkpoints"
+    if resume:
+        checkpoint_dir = settings.runs_dir / resume / "checkpoints"
+        if not checkpoint_dir.is_dir():
+            raise ToolkitError(f"--resume {resume}: no checkpoint folder {checkpoint_dir}",
+                               "name a local run that ran with checkpoints (`invoke local-status` lists them)")
+    if preemption is not None and (preemption.after_s <= 0 or preemption.restarts < 0 or preemption.grace_s < 0):
+        raise ToolkitError("--preempt-after must be positive, --restarts and --grace not negative",
+                           "e.g. --preempt-after 60 --restarts 2")
+    grace_s = preemption.grace_s if preemption else 5.0
     names = snapshot.files(job.source_dir)
     snapshot.check_limits(job.source_dir, names)
     if not job.command:
@@ -211,13 +228,14 @@ def local_request(job: JobSpec, image: str, settings: LocalSettings, run_id: str
         Mount(str(run_dir / "outputs"), f"{WORKDIR}/outputs"),
         Mount(str(run_dir / "logs"), f"{WORKDIR}/logs"),
         Mount(str(tracking.store(settings.runs_dir)), MLRUNS),  # the project's one store: `invoke ui` shows it
+        Mount(str(checkpoint_dir), CHECKPOINTS),
         *([Mount(str(settings.cache_dir), CACHE)] if settings.cache_dir else []),
         *(Mount(str(path), input_path(name), read_only=True) for name, path in sorted(job.inputs.items())),
     )
     # Nodes find each other on a network of their own; one node needs none (Docker's default bridge is
     # quicker to start, and the hostname resolves inside the container all the same).
     network = f"amltrain-{run_id}" if job.distribution.nodes > 1 else ""
-    plans = [node_plan(job, node, settings, debug_rank) for node in range(job.distribution.nodes)]
+    plans = [node_plan(job, node, settings, debug_rank, grace_s) for node in range(job.distribution.nodes)]
     containers = tuple(ContainerRequest(
         name=f"{run_id}-node-{node}",
         image=image,
@@ -238,7 +256,8 @@ def local_request(job: JobSpec, image: str, settings: LocalSettings, run_id: str
     ) for node, hostname in enumerate(node_hostnames(job.distribution.nodes)))
     return LocalRequest(run_id=run_id, run_dir=run_dir, snapshot_dir=job.source_dir, snapshot_files=names,
                         containers=containers, cache_dir=settings.cache_dir, code_in_image=code_in_image,
-                        network=network, distribution=job.distribution)
+                        network=network, distribution=job.distribution, checkpoint_dir=checkpoint_dir,
+                        resumed_from=resume, preemption=preemption, grace_s=grace_s)
 
 
 def describe(request: LocalRequest) -> dict:
@@ -274,5 +293,9 @@ def describe(request: LocalRequest) -> dict:
         "snapshot": ({"source": f"image:{request.code_in_image}"} if request.code_in_image else
                      {"source": str(request.snapshot_dir), "files": len(request.snapshot_files)})
         | {"copied_to": WORKDIR},
+        "checkpoints": {"folder": str(request.checkpoint_dir), "mounted_at": CHECKPOINTS,
+                        **({"resumed_from": request.resumed_from} if request.resumed_from else {})},
+        **({"preemption": {"after_s": request.preemption.after_s, "restarts": request.preemption.restarts,
+                           "grace_s": request.preemption.grace_s}} if request.preemption else {}),
         "containers": containers,
     }

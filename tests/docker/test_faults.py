@@ -126,3 +126,33 @@ def test_a_disk_that_fills_up_while_outputs_are_written_is_one_line_naming_it(
     assert not (run_dir / "result.json").exists()  # no half-written result for local-status to trip over
     assert "No space left on device" in result.stdout  # the script's own error still reached the terminal
     assert_gone(docker_client, run_dir.name)
+
+
+def test_a_stop_signal_in_a_drills_later_attempt_ends_the_run_canceled_with_no_further_attempt(
+        cpu_image, probe_env, docker_client):
+    """A drill's preemption is no signal to the task, but a real one ends the whole run, earlier attempts kept."""
+    proc = subprocess.Popen([CLI, "run-local", "--nodes", "2", "--preempt-after", "3", "--restarts", "1",
+                             "--grace", "2", "--command", "echo up; sleep 300"],
+                            cwd=ROOT, env={**os.environ, **probe_env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        run_dir = Path(run_dir_of(proc.stdout.readline()))
+        while "attempt 2 of run" not in (line := proc.stdout.readline()):
+            assert line, "the run ended before its second attempt"
+        ups = 0
+        while ups < 2:  # both nodes of attempt 2 running
+            line = proc.stdout.readline()
+            assert line, "the second attempt ended early"
+            ups += line.strip().endswith("up")
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, stderr
+    assert f"run {run_dir.name} interrupted; containers and network removed" in error_line(stderr)
+    assert_gone(docker_client, run_dir.name)
+    result = json.loads((run_dir / "result.json").read_text())
+    assert (result["status"], result["exit_code"]) == ("Canceled", 143)
+    assert [(a["attempt"], a["status"]) for a in result["attempts"]] == [(1, "Preempted"), (2, "Canceled")]
+    assert (run_dir / "logs/attempt-1/user_logs").is_dir()

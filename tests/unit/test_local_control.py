@@ -59,3 +59,20 @@ def test_status_names_a_node_killed_for_memory(tmp_path):
 def test_an_unknown_run_is_refused(tmp_path):
     with pytest.raises(ToolkitError, match="no local run 'nope'"):
         local_control.run_dir({}, tmp_path, "nope")
+
+
+def test_a_drilled_runs_logs_come_attempt_by_attempt_and_status_counts_the_preemptions(tmp_path):
+    attempts = [{"attempt": k, "status": s} for k, s in ((1, "Preempted"), (2, "Preempted"), (3, "Completed"))]
+    folder = finished_run(tmp_path, "r_9", "per-process", {}, {"status": "Completed", "nodes": 2, "procs_per_node": 1,
+                                                              "duration_s": 9.0, "attempts": attempts})
+    for k in (10, 2, 1):  # attempt 10 sorts after 2 by number, not by name
+        logs = folder / f"logs/attempt-{k}/user_logs"
+        logs.mkdir(parents=True)
+        for rank in (0, 1):
+            (logs / f"std_log_process_{rank}.txt").write_text(f"attempt {k}\n")
+    assert [str(path.relative_to(folder / "logs")) for _, path in local_control.rank_logs(folder, 0)] == [
+        "attempt-1/user_logs/std_log_process_0.txt", "attempt-2/user_logs/std_log_process_0.txt",
+        "attempt-10/user_logs/std_log_process_0.txt"]
+    assert len(local_control.rank_logs(folder)) == 6
+    (row,) = local_control.status({}, tmp_path)
+    assert row["detail"].endswith("3 attempt(s), 2 preempted"), row

@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from amltrain import masking
+from amltrain import config, masking
 from amltrain.errors import ToolkitError
 from amltrain.local import request as local_request
-from amltrain.spec import ContainerRequest, Distribution, JobSpec, LocalSettings, Mount, frozen_map
+from amltrain.spec import ContainerRequest, Distribution, JobSpec, LocalSettings, Mount, Preemption, frozen_map
 
 
 @pytest.fixture
@@ -52,12 +52,14 @@ def test_request_is_exactly_azure_mls_single_node_contract(job, settings, tmp_pa
             "AZUREML_RUN_ID": "fowl_1_ab", "AZUREML_ARM_PROJECT_NAME": "fowl",
             "AZUREML_NODE_COUNT": "1", "MLFLOW_TRACKING_URI": "file:///mnt/azureml/mlruns",
             "MLFLOW_EXPERIMENT_NAME": "fowl", "MLFLOW_ALLOW_FILE_STORE": "true",
+            "AMLTRAIN_CHECKPOINT_DIR": "/mnt/azureml/checkpoints",
             "AZUREML_DATAREFERENCE_data": "/mnt/azureml/inputs/data", "HOME": "/tmp",
         }),
         mounts=(
             Mount(str(run_dir / "outputs"), "/mnt/azureml/wd/outputs"),
             Mount(str(run_dir / "logs"), "/mnt/azureml/wd/logs"),
             Mount(str(run_dir.parent / "mlruns"), "/mnt/azureml/mlruns"),
+            Mount(str(run_dir / "checkpoints"), "/mnt/azureml/checkpoints"),
             Mount(str(tmp_path / "fowl"), "/mnt/azureml/inputs/data", read_only=True),
         ),
         labels=frozen_map({"amltrain.run-id": "fowl_1_ab", "amltrain.node-rank": "0",
@@ -65,6 +67,7 @@ def test_request_is_exactly_azure_mls_single_node_contract(job, settings, tmp_pa
     )
     assert json.loads(container.plan) == {
         "mode": "run", "node_rank": 0, "prefix": False, "status_dir": "/mnt/azureml/wd/logs/system_logs/launcher",
+        "grace_s": 5.0,
         "command": ["python", "train/job.py", "--data-dir", "/mnt/azureml/inputs/data", "--lr", "0.1"],
         "processes": [{"rank": 0, "label": "rank 0", "env": {"RANK": "0", "LOCAL_RANK": "0"},
                        "log": "/mnt/azureml/wd/logs/user_logs/std_log.txt"}],
@@ -257,3 +260,48 @@ def test_a_rank_that_cannot_be_debugged_is_refused_in_one_line(job, settings, la
     with pytest.raises(ToolkitError, match=words):
         local_request.local_request(distributed(job, launch, 2, 2, command), "img", settings, debug_rank=rank,
                                     debugpy_dir="/d")
+
+
+def test_every_node_mounts_the_same_checkpoint_folder_at_the_same_path(job, settings, tmp_path):
+    request = local_request.local_request(replace(job, distribution=Distribution(nodes=2)), "img", settings,
+                                          run_id="fowl_1_ab")
+    for c in request.containers:
+        assert Mount(str(tmp_path / "runs/fowl_1_ab/checkpoints"), "/mnt/azureml/checkpoints") in c.mounts
+        assert c.environment["AMLTRAIN_CHECKPOINT_DIR"] == "/mnt/azureml/checkpoints"
+    assert request.checkpoint_dir == tmp_path / "runs/fowl_1_ab/checkpoints" and request.preemption is None
+
+
+def test_resume_mounts_the_named_runs_checkpoints_and_a_run_without_them_is_refused(job, settings, tmp_path):
+    with pytest.raises(ToolkitError, match="--resume fowl_0_old: no checkpoint folder"):
+        local_request.local_request(job, "img", settings, run_id="fowl_1_ab", resume="fowl_0_old")
+    (tmp_path / "runs/fowl_0_old/checkpoints").mkdir(parents=True)
+    request = local_request.local_request(job, "img", settings, run_id="fowl_1_ab", resume="fowl_0_old")
+    (container,) = request.containers
+    assert Mount(str(tmp_path / "runs/fowl_0_old/checkpoints"), "/mnt/azureml/checkpoints") in container.mounts
+    assert local_request.describe(request)["checkpoints"] == {
+        "folder": str(tmp_path / "runs/fowl_0_old/checkpoints"), "mounted_at": "/mnt/azureml/checkpoints",
+        "resumed_from": "fowl_0_old"}
+
+
+def test_the_drill_gives_the_launcher_its_grace_and_shows_in_the_dry_run(job, settings):
+    drill = Preemption(after_s=60, restarts=2, grace_s=30)
+    request = local_request.local_request(job, "img", settings, run_id="fowl_1_ab", preemption=drill)
+    assert json.loads(request.containers[0].plan)["grace_s"] == 30 and request.grace_s == 30
+    assert local_request.describe(request)["preemption"] == {"after_s": 60, "restarts": 2, "grace_s": 30}
+
+
+@pytest.mark.parametrize(("after", "restarts", "grace", "message"), [
+    (None, "2", None, "--restarts and --grace belong to the preemption drill"),
+    ("0", None, None, "--preempt-after must be a number of at least 0.1"),
+    ("abc", None, None, "--preempt-after must be a number"),
+    ("10", "-1", None, "--restarts must be a whole number"),
+    ("10", None, "-5", "--grace must be a number of at least 0"),
+])
+def test_bad_drill_options_are_one_line(after, restarts, grace, message):
+    with pytest.raises(ToolkitError, match=message):
+        config.preemption(after, restarts, grace)
+
+
+def test_drill_defaults_one_restart_and_azures_30_s_grace():
+    assert config.preemption("45", None, None) == Preemption(after_s=45.0, restarts=1, grace_s=30.0)
+    assert config.preemption(None, None, None) is None
