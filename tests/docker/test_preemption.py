@@ -14,8 +14,11 @@ from .conftest import invoke, run_dir_of
 
 # Small, to be quick on two shared cores. Wherever a preemption lands (starting up, mid-epoch, validating),
 # SIGTERM is acted on at the next step with a save, so every attempt moves on, and the end must be the same.
-# The grace is long so that a slow start under load is not cut short by SIGKILL.
-ARGS = ("--data-dir ${{inputs.data}} --weights none --image-size 32 --batch-size 4 --num-epochs 4 "
+# The grace is long so that a slow start under load is not cut short by SIGKILL. EPOCHS is more work than two
+# attempts of PREEMPT_AFTER seconds can do on a fast, idle machine (about 2.5 s an epoch there), so that both
+# preemptions land before the job ends: with 4 epochs and 12 s, a fast CI machine finished in attempt 2.
+EPOCHS, PREEMPT_AFTER = 10, "8"
+ARGS = (f"--data-dir ${{{{inputs.data}}}} --weights none --image-size 32 --batch-size 4 --num-epochs {EPOCHS} "
         "--num-workers 1 --checkpoint-every 1 --seed 3")
 
 
@@ -35,7 +38,7 @@ def test_a_preempted_two_node_run_ends_bitwise_like_an_uninterrupted_one(cpu_ima
 
     plain = invoke(*common, env=env)
     assert plain.returncode == 0, plain.stdout[-3000:] + plain.stderr
-    drilled = invoke(*common, "--preempt-after", "12", "--restarts", "2", "--grace", "60", env=env)
+    drilled = invoke(*common, "--preempt-after", PREEMPT_AFTER, "--restarts", "2", "--grace", "60", env=env)
     assert drilled.returncode == 0, drilled.stdout[-3000:] + drilled.stderr
     a, b = Path(run_dir_of(plain.stdout)), Path(run_dir_of(drilled.stdout))
 
@@ -54,7 +57,7 @@ def test_a_preempted_two_node_run_ends_bitwise_like_an_uninterrupted_one(cpu_ima
     assert (a / "outputs/metrics.json").read_text() == (b / "outputs/metrics.json").read_text()
     history = mlflow_history(b)
     assert history == mlflow_history(a)
-    assert [step for _, step in history["val_acc"]] == [str(e) for e in range(1, 5)]  # no epoch twice
+    assert [step for _, step in history["val_acc"]] == [str(e) for e in range(1, EPOCHS + 1)]  # no epoch twice
 
 
 def test_the_sample_resumes_from_the_newest_complete_checkpoint_only(cpu_image, docker_client, tmp_path):
