@@ -105,8 +105,7 @@ def image_choice(cfg, target: str | None, root: Path) -> ImageChoice:
 
 def _environment_ref(session: AzureSession, image: ImageChoice, known: KnownImage | None, offline: bool):
     registry = acr.registry_address(session.settings, None if offline else session.backend())
-    ref = environment.environment_ref(session.settings, image.target, image.local_ref, registry)
-    digest = known.digest_in(ref.repository) if known else ""
+    digest = known.digest_in(f"{registry}/{session.settings.registry.repository}") if known else ""
     return environment.environment_ref(session.settings, image.target, image.local_ref, registry, digest)
 
 
