@@ -78,26 +78,37 @@ def _print_yaml(data) -> None:
 
 
 @task(help={"force": "Remake the image even if it exists",
+            "flavour": "cpu (like openmpi5.0-ubuntu24.04) or gpu (adds the CUDA toolkit of standin.cuda_toolkit at "
+                       "/usr/local/cuda, like openmpi5.0-cuda13.1-ubuntu24.04); default standin.flavour; the gpu one "
+                       "is tagged <standin.image>-cuda<major.minor>",
             "openmpi-off-path": "OpenMPI in /usr/local/openmpi and off PATH, as some openmpi5.0 MCR bases have it "
                                 "(standin.openmpi_off_path); tagged <standin.image>-openmpi-off-path",
             "dry-run": "Print the commands and run nothing"})
 @one_line_errors
-def standin_base(c, force=False, openmpi_off_path=False, dry_run=False):
-    """Make the local stand-in for the MCR AzureML base (Debian + Python venv + OpenMPI); needs root."""
+def standin_base(c, force=False, flavour="", openmpi_off_path=False, dry_run=False):
+    """Make a local stand-in with the layout of an MCR AzureML base (Debian, Python at /opt/miniconda, OpenMPI at
+    /usr/local/openmpi, CUDA toolkit for the gpu flavour); needs root. Selected only by images.<target>.base_image."""
     cfg = config.section(c.config, "standin")
+    flavour = flavour or str(cfg.get("flavour") or "cpu")
     plan = standin.plan(str(cfg.get("image")), str(cfg.get("suite") or "bookworm"), str(cfg.get("mirror") or ""),
                         str(config.section(c.config, "docker").get("cli") or "docker"),
-                        openmpi_off_path=openmpi_off_path or config.flag(cfg.get("openmpi_off_path")))
+                        openmpi_off_path=openmpi_off_path or config.flag(cfg.get("openmpi_off_path")),
+                        flavour=flavour, cuda_toolkit=str(cfg.get("cuda_toolkit") or ""))
     if dry_run:
         print(plan.render())
         return
-    if engine.image_exists(engine.connect(), plan.image) and not force:
+    made = standin.made_from(engine.connect(), plan.image)
+    if made == plan.recipe and not force:
         print(f"stand-in base {plan.image} exists (--force to remake it)")
         return
+    if made is not None and made != plan.recipe:
+        print(f"stand-in base {plan.image} was made from another recipe: remaking it (images built on it will be "
+              "rebuilt)", flush=True)
     started = time.monotonic()
     standin.create(plan)
+    select = "INVOKE_IMAGES_GPU_BASE_IMAGE" if flavour == "gpu" else "INVOKE_IMAGES_CPU_BASE_IMAGE"
     print(f"stand-in base {plan.image} made in {time.monotonic() - started:.0f} s; select it with "
-          f"INVOKE_IMAGES_CPU_BASE_IMAGE={plan.image} (and _GPU_)")
+          f"{select}={plan.image}")
 
 
 def _code_request(c, target: str) -> images.CodeBuildRequest:
@@ -108,11 +119,13 @@ def _code_request(c, target: str) -> images.CodeBuildRequest:
                                      files, config.build_settings(c.config).docker_cli)
 
 
-def _report(image: str, built: bool, started: float) -> None:
+def _report(image: str, built: bool, started: float, base: str = "") -> None:
     if built:
         print(f"built {image} in {time.monotonic() - started:.1f} s")
     else:
         print(f"{image} is up to date: nothing changed, nothing built ({time.monotonic() - started:.2f} s)")
+    if base:
+        print(f"{image}: {images.image_weight(engine.connect(), image, base).render()}")
 
 
 @task(help={"target": "Image flavour: cpu or gpu (images.<target> in invoke.yaml)",
@@ -157,7 +170,7 @@ def build(c, target="cpu", bake=False, no_cache=False, unless_pushed=False, sdk=
             print(f"{pushed} is in the registry: the same inputs, so nothing built "
                   f"({time.monotonic() - started:.2f} s)")
             return
-    _report(request.image, images.build(request, no_cache=no_cache), started)
+    _report(request.image, images.build(request, no_cache=no_cache), started, request.spec.base_image)
     if code:
         started = time.monotonic()
         _report(code.image, images.build_code(code), started)

@@ -144,10 +144,60 @@ def build_request(spec: ImageSpec, settings: BuildSettings) -> BuildRequest:
 def build_state(request: BuildRequest) -> str:
     """For --dry-run: whether a build would do any work (asks the engine, changes nothing)."""
     try:
-        exists = engine.image_exists(engine.connect(), request.image)
+        client = engine.connect()
+        exists = engine.image_exists(client, request.image)
     except ToolkitError:
         return "unknown (Docker engine not reachable)"
+    if exists and not on_local_base(client, request.image, request.spec.base_image):
+        return f"built on an earlier {request.spec.base_image}: a build would run"
     return "built: nothing to do" if exists else "not built: a build would run"
+
+
+# The steps of the Dockerfiles, as `docker history` shows them, by what their command runs.
+STEP_NAMES = (("install-deps.sh", "Python dependencies"), ("install-horovod.sh", "Horovod"),
+              ("SYSTEM_PACKAGES", "system packages"))
+
+
+@dataclass(frozen=True)
+class ImageWeight:
+    """What an image weighs, and how much of it the Dockerfile's own steps add over the base."""
+
+    total: int
+    added: int | None  # None: the base is not in the local image store, so its share is unknown
+    steps: tuple[tuple[str, int], ...] = ()  # the added steps that wrote data, heaviest first
+
+    def render(self) -> str:
+        line = f"size {human_size(self.total)}"
+        if self.added is None:
+            return line + " (the base is not in the local image store: its share is unknown)"
+        parts = ", ".join(f"{name} {human_size(size)}" for name, size in self.steps)
+        return line + f"; layers added over the base {human_size(self.added)}" + (f" ({parts})" if parts else "")
+
+
+def human_size(size: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if size >= scale:
+            return f"{size / scale:.2f} {unit}"
+    return f"{size} B"
+
+
+def step_name(created_by: str) -> str:
+    for marker, name in STEP_NAMES:
+        if marker in created_by:
+            return name
+    return cut(" ".join(created_by.replace("/bin/sh -c #(nop)", "").split()), 40)
+
+
+def image_weight(client, image: str, base: str) -> ImageWeight:
+    """From the engine's layer history: the base's entries are the oldest ones of the image's."""
+    history = client.api.history(image)  # newest first
+    total = int(client.images.get(image).attrs.get("Size") or 0)
+    if not engine.image_exists(client, base):
+        return ImageWeight(total, None)
+    own = history[: max(0, len(history) - len(client.api.history(base)))]
+    steps = sorted(((step_name(entry.get("CreatedBy", "")), int(entry.get("Size") or 0)) for entry in own
+                    if entry.get("Size")), key=lambda step: -step[1])
+    return ImageWeight(total, sum(size for _, size in steps), tuple(steps))
 
 
 def emulation_note(engine_arch: str) -> str:
@@ -166,11 +216,26 @@ def is_platform_image(client, ref: str) -> bool:
     return f"{attrs.get('Os', 'linux')}/{attrs.get('Architecture', '')}" == PLATFORM
 
 
+def on_local_base(client, ref: str, base: str) -> bool:
+    """Whether the image was built on the base as it is now. A base made on this machine (the stand-in) keeps its
+    name when it is remade, so the name in the content hash cannot tell; its layers can. A base that is not in the
+    local image store (pulled by BuildKit only, or never pulled) counts as unchanged: its tag is the contract."""
+    if not engine.image_exists(client, base):
+        return True
+    base_layers = client.images.get(base).attrs.get("RootFS", {}).get("Layers", [])
+    layers = client.images.get(ref).attrs.get("RootFS", {}).get("Layers", [])
+    return layers[:len(base_layers)] == base_layers
+
+
 def build(request: BuildRequest, *, no_cache: bool = False) -> bool:
-    """Build the image unless its tag exists for PLATFORM. Returns True when it built, False when up to date."""
+    """Build the image unless its tag exists for PLATFORM, on the base as it is now. Returns True when it built,
+    False when up to date."""
     client = engine.connect()
     if not no_cache and is_platform_image(client, request.image):
-        return False
+        if on_local_base(client, request.image, request.spec.base_image):
+            return False
+        print(f"note: {request.image} was built on an earlier {request.spec.base_image} (remade since): rebuilding",
+              flush=True)
     note = emulation_note(str(client.version().get("Arch", "")))
     if note:
         print(note, flush=True)

@@ -6,7 +6,8 @@ is wrapped in DistributedDataParallel and the metrics are reduced across ranks, 
 numbers; only rank 0 logs them (MLflow, which Azure ML wires up through MLFLOW_* variables) and writes files.
 
 Outputs (``--output-dir``): ``model.pt2``, the best-validation model as a ``torch.export`` program (TorchScript
-is deprecated in current PyTorch), ``labels.json`` (class names in output order) and ``metrics.json``. The
+is deprecated in current PyTorch), the same model as ``model.onnx`` (input ``x``, N x 3 x S x S, for onnxruntime
+and other runtimes without PyTorch), ``labels.json`` (class names in output order) and ``metrics.json``. The
 program needs neither this script nor torchvision to run::
 
     import json, torch
@@ -98,6 +99,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="where checkpoints are kept and resumed from (default: $AMLTRAIN_CHECKPOINT_DIR; none: off)")
     p.add_argument("--checkpoint-every", type=int, default=0,
                    help="also save every N training steps (0: only at epoch ends and on SIGTERM)")
+    p.add_argument("--amp", action="store_true",
+                   help="mixed precision: bfloat16 autocast (float16 with loss scaling on GPUs without bfloat16)")
+    p.add_argument("--channels-last", action="store_true", help="NHWC memory format (faster convolutions on GPUs)")
+    p.add_argument("--process-group", action="store_true",
+                   help="join a process group and use DistributedDataParallel even as the only process (NCCL on "
+                        "GPUs): checks the collectives a multi-GPU job uses, on one GPU")
     args = p.parse_args(argv)
     if min(args.num_epochs, args.batch_size, args.image_size) < 1:
         p.error("--num-epochs, --batch-size and --image-size must be positive")
@@ -106,8 +113,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def setup_distributed() -> tuple[int, int, torch.device]:
-    """Return (rank, world_size, device); join a process group only when there is more than one process."""
+def setup_distributed(always: bool = False) -> tuple[int, int, torch.device]:
+    """Return (rank, world_size, device); join a process group when there is more than one process (or always)."""
     env = os.environ
     if "OMPI_COMM_WORLD_SIZE" in env and "WORLD_SIZE" not in env:  # MPI launch: translate to env:// names
         env["WORLD_SIZE"], env["RANK"] = env["OMPI_COMM_WORLD_SIZE"], env["OMPI_COMM_WORLD_RANK"]
@@ -122,7 +129,12 @@ def setup_distributed() -> tuple[int, int, torch.device]:
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(device)
-    if world > 1:
+    if world > 1 or always:
+        if world == 1:  # no launcher may have named a rendezvous: this process is all of it
+            env.setdefault("MASTER_ADDR", "127.0.0.1")
+            env.setdefault("MASTER_PORT", "29500")
+            env.setdefault("WORLD_SIZE", "1")
+            env.setdefault("RANK", "0")
         dist.init_process_group("nccl" if cuda else "gloo", init_method="env://", device_id=device if cuda else None)
     return rank, world, device
 
@@ -339,12 +351,14 @@ def reduce_totals(totals: list[float], device: torch.device) -> tuple[float, flo
     return loss_sum / max(count, 1), correct / max(count, 1)
 
 
-def evaluate(model: nn.Module, loader: DataLoader, device: torch.device) -> tuple[float, float]:
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, memory_format=torch.preserve_format,
+             amp_dtype: torch.dtype | None = None) -> tuple[float, float]:
     model.eval()
     totals, criterion = [0.0, 0.0, 0.0], nn.CrossEntropyLoss()
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
         for images, labels in loader:
-            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            images = images.to(device, non_blocking=True, memory_format=memory_format)
+            labels = labels.to(device, non_blocking=True)
             logits = model(images)
             totals[0] += criterion(logits, labels).item() * len(labels)
             totals[1] += (logits.argmax(1) == labels).sum().item()
@@ -356,10 +370,25 @@ def save_outputs(model: nn.Module, classes: list[str], metrics: dict, out_dir: P
     """Export the plain (unwrapped, eval-mode, CPU) model so loading needs only torch."""
     out_dir.mkdir(parents=True, exist_ok=True)
     example = (torch.zeros(2, 3, size, size),)
-    program = torch.export.export(model.cpu().eval(), example, dynamic_shapes=({0: torch.export.Dim("batch")},))
+    model = model.cpu().eval().to(memory_format=torch.contiguous_format)  # as trained with --channels-last or not
+    program = torch.export.export(model, example, dynamic_shapes=({0: torch.export.Dim("batch")},))
     torch.export.save(program, out_dir / "model.pt2")
+    save_onnx(program, out_dir / "model.onnx")
     (out_dir / "labels.json").write_text(json.dumps(classes, indent=2) + "\n")
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+
+
+def save_onnx(program: torch.export.ExportedProgram, path: Path) -> None:
+    """The same program as ONNX, for runtimes without PyTorch (onnxruntime, Triton, Azure ML's ONNX endpoints).
+    Optional: an image without onnx/onnxscript still trains, and says what it did not write."""
+    try:
+        onnx_program = torch.onnx.export(program, dynamo=True, verbose=False)
+    except ImportError as exc:  # torch.onnx's exporter needs the onnx and onnxscript packages
+        print(f"{path.name} not written: {exc}", flush=True)
+        return
+    partial = path.with_name(path.name + ".partial")
+    onnx_program.save(str(partial))
+    partial.replace(path)
 
 
 def train(args: argparse.Namespace, rank: int, world: int, device: torch.device) -> dict:
@@ -368,7 +397,12 @@ def train(args: argparse.Namespace, rank: int, world: int, device: torch.device)
         train_dl, val_dl = make_loaders(args.data_dir or download_fowl(args.cache_dir), args, rank, world)
         net = build_model(args.weights, len(train_dl.dataset.classes)).to(device)
     model = DistributedDataParallel(net, device_ids=[device.index] if device.index is not None else None) \
-        if world > 1 else net
+        if dist.is_initialized() else net
+    memory_format = torch.channels_last if args.channels_last else torch.preserve_format
+    net.to(memory_format=memory_format)
+    amp_dtype = (torch.bfloat16 if device.type != "cuda" or torch.cuda.is_bf16_supported() else torch.float16) \
+        if args.amp else None
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.learning_rate, momentum=args.momentum)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=7, gamma=0.1)
     criterion = nn.CrossEntropyLoss()
@@ -379,6 +413,8 @@ def train(args: argparse.Namespace, rank: int, world: int, device: torch.device)
         net.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
         best_acc, best_state, m = state["best_acc"], state["best_state"], dict(state["metrics"])
         first_epoch, skip, global_step = state["epoch"], state["step"], state["global_step"]
         mine = state["ranks"][rank]
@@ -395,20 +431,25 @@ def train(args: argparse.Namespace, rank: int, world: int, device: torch.device)
             save_checkpoint(args.checkpoint_dir, {
                 "format": 1, "epoch": epoch, "step": step, "global_step": global_step, "world_size": world,
                 "model": net.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "best_acc": best_acc, "best_state": best_state,
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "best_acc": best_acc,
+                "best_state": best_state,
                 "metrics": m, "totals": list(totals)}, rank)
 
     for epoch in range(first_epoch, args.num_epochs + 1):
         train_dl.sampler.set_epoch(epoch, skip * args.batch_size)  # the position: samples this rank has seen
-        start, step = time.perf_counter(), skip
+        start, step, seen = time.perf_counter(), skip, 0
         model.train()
         for images, labels in train_dl:
-            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            logits = model(images)
-            loss = criterion(logits, labels)
+            images = images.to(device, non_blocking=True, memory_format=memory_format)
+            labels = labels.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                logits = model(images)
+                loss = criterion(logits, labels)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            seen += len(labels)
             totals[0] += loss.item() * len(labels)
             totals[1] += (logits.argmax(1) == labels).sum().item()
             totals[2] += len(labels)
@@ -419,8 +460,9 @@ def train(args: argparse.Namespace, rank: int, world: int, device: torch.device)
             if stop:
                 raise Preempted(f"epoch {epoch}, step {step}")
         skip = 0
+        rate = seen * world / (time.perf_counter() - start)  # every rank sees as many: the job's images per second
         m["train_loss"], m["train_acc"] = reduce_totals(totals, device)
-        m["val_loss"], m["val_acc"] = evaluate(model, val_dl, device)
+        m["val_loss"], m["val_acc"] = evaluate(model, val_dl, device, memory_format, amp_dtype)
         totals = [0.0, 0.0, 0.0]
         scheduler.step()
         if m["val_acc"] > best_acc:
@@ -429,7 +471,7 @@ def train(args: argparse.Namespace, rank: int, world: int, device: torch.device)
         checkpoint(epoch + 1, 0)  # before logging: a restart never logs an epoch twice
         if rank == 0:
             print(f"epoch {epoch}/{args.num_epochs} " + " ".join(f"{k} {v:.4f}" for k, v in m.items())
-                  + f" ({time.perf_counter() - start:.1f}s)", flush=True)
+                  + f" ({time.perf_counter() - start:.1f}s, train {rate:.1f} img/s)", flush=True)
             if use_mlflow():
                 mlflow.log_metrics(m, step=epoch)
         if stop_requested(device):
@@ -481,10 +523,11 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, request_stop)  # preemption: save and stop at the next step
     try:
         check_paths(args)
-        rank, world, device = setup_distributed()
+        rank, world, device = setup_distributed(args.process_group)
         if rank == 0:
-            print(f"training on {device} with world size {world}; MLflow logging {'on' if use_mlflow() else 'off'}",
-                  flush=True)
+            group = f"{dist.get_backend()} process group" if dist.is_initialized() else "no process group"
+            print(f"training on {device} with world size {world} ({group}); "
+                  f"MLflow logging {'on' if use_mlflow() else 'off'}", flush=True)
         with mlflow_run(rank, args.checkpoint_dir):
             if use_mlflow() and rank == 0:
                 with contextlib.suppress(Exception):  # a continued run has them already

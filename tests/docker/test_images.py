@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 import zipfile
 from dataclasses import replace
@@ -33,6 +34,31 @@ def test_gpu_image_builds_and_imports_torch_on_a_cpu_only_machine(gpu_image):
     version, cuda_build, cuda_available, total = out.split()
     assert version.startswith("2.14.1") and total == "2.0"
     assert cuda_build != "None" and cuda_available == "False"  # a CUDA build of torch, running on CPU
+
+
+# In the GPU image: Horovod's NCCL operations, which NCCL its extension needs and which file the loader maps for
+# it once torch is imported (the process has no GPU: loading, not running, is what can be checked here).
+HOROVOD_NCCL = """
+import json, os, subprocess, torch, nvidia.nccl
+import horovod.torch as hvd
+from horovod.torch import mpi_lib_v2
+needed = subprocess.run(['objdump', '-p', mpi_lib_v2.__file__], capture_output=True, text=True, check=True).stdout
+maps = {line.split()[-1] for line in open('/proc/self/maps') if 'libnccl' in line}
+print(json.dumps({'nccl_built': hvd.nccl_built(), 'mpi_built': hvd.mpi_built(), 'cuda': torch.version.cuda,
+                  'needed': [l.split()[-1] for l in needed.splitlines() if l.strip().startswith('NEEDED')],
+                  'mapped': sorted(os.path.realpath(m) for m in maps),
+                  'torch_nccl': os.path.realpath(os.path.join(list(nvidia.nccl.__path__)[0], 'lib', 'libnccl.so.2'))}))
+"""
+
+
+def test_gpu_image_has_horovod_with_nccl_linked_to_torchs_nccl(gpu_image):
+    """The default GPU configuration (HOROVOD_GPU_OPERATIONS=NCCL), built on the CUDA stand-in's nvcc."""
+    report = json.loads(docker_run(gpu_image, "python", "-c", HOROVOD_NCCL).strip().splitlines()[-1])
+    assert report["nccl_built"] and report["mpi_built"]
+    assert report["cuda"] and report["cuda"].startswith("13.")  # a CUDA build of torch
+    assert "libnccl.so.2" in report["needed"]
+    assert report["mapped"] == [report["torch_nccl"]]  # one NCCL in the process: the one torch ships
+    assert "/nvidia/nccl/lib/" in report["torch_nccl"]
 
 
 def test_cpu_image_has_the_training_stack_and_openmpi(cpu_image):

@@ -25,7 +25,7 @@ def test_smoke_trains_a_model_that_loads_without_the_training_code(cpu_image, do
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr
     run_dir = Path(run_dir_of(result.stdout))
     outputs = run_dir / "outputs"
-    assert {"model.pt2", "labels.json", "metrics.json"} <= {p.name for p in outputs.iterdir()}
+    assert {"model.pt2", "model.onnx", "labels.json", "metrics.json"} == {p.name for p in outputs.iterdir()}
     metrics = json.loads((outputs / "metrics.json").read_text())
     assert metrics["epochs"] == 1 and 0.0 <= metrics["best_val_acc"] <= 1.0
     assert json.loads((outputs / "labels.json").read_text()) == ["chickens", "turkeys"]
@@ -53,6 +53,23 @@ def test_smoke_trains_a_model_that_loads_without_the_training_code(cpu_image, do
                     "print(tuple(y.shape))"],
         volumes={str(outputs): {"bind": "/model", "mode": "ro"}}, remove=True)
     assert shape.decode().strip() == "(2, 2)"
+    # the ONNX export computes what the PyTorch program computes, in onnxruntime. Tolerance: 1e-4 absolute plus 1e-3
+    # relative on the logits, for float32 kernels that sum in another order (measured: about 1e-6 on ResNet-18).
+    agree = docker_client.containers.run(
+        cpu_image, ["python", "-c", ONNX_CHECK], volumes={str(outputs): {"bind": "/model", "mode": "ro"}}, remove=True)
+    assert agree.decode().split()[-1] == "agree", agree.decode()
+
+
+ONNX_CHECK = """
+import numpy, onnxruntime, torch
+torch.manual_seed(0)
+batch = torch.randn(5, 3, 112, 112)
+expected = torch.export.load('/model/model.pt2').module()(batch).detach().numpy()
+session = onnxruntime.InferenceSession('/model/model.onnx', providers=['CPUExecutionProvider'])
+(got,) = session.run(None, {session.get_inputs()[0].name: batch.numpy()})
+print('max abs difference', float(numpy.abs(got - expected).max()), got.shape)
+print('agree' if got.shape == expected.shape and numpy.allclose(got, expected, rtol=1e-3, atol=1e-4) else 'differ')
+"""
 
 
 def test_the_script_sees_azure_mls_runtime_contract(cpu_image, probe_env, tmp_path):

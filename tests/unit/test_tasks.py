@@ -86,19 +86,50 @@ def test_standin_base_dry_run_prints_the_plan_and_makes_nothing():
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].startswith("debootstrap --variant=minbase --include=python3,python3-pip,python3-venv")
-    assert "openmpi-bin" in result.stdout and "python3 -m venv /opt/venv" in result.stdout
+    assert "openmpi-bin" in result.stdout and "python3 -m venv /opt/miniconda" in result.stdout
+    (move,) = [line for line in lines if "dpkg-divert" in line]
+    assert lines.index(move) == 3 and "/usr/local/openmpi" in move  # after apt has installed OpenMPI
     assert "docker import" in lines[-1] and lines[-1].endswith("amltrain/standin-base:bookworm'")
-    assert "/usr/local/openmpi" not in result.stdout
+    assert "ENV PATH=/opt/miniconda/bin:/usr/local/openmpi/bin:/usr/local/sbin" in lines[-1]
+    assert "cuda" not in result.stdout and re.search(r"LABEL amltrain.standin-recipe=[0-9a-f]{12}", lines[-1])
 
 
 @pytest.mark.parametrize("how", [["--openmpi-off-path"], ["-o"], "INVOKE_STANDIN_OPENMPI_OFF_PATH"])
-def test_standin_base_openmpi_off_path_adds_the_move_and_its_own_tag(how):
+def test_standin_base_openmpi_off_path_leaves_it_off_path_under_its_own_tag(how):
     """Like some openmpi5.0 bases: OpenMPI in /usr/local/openmpi, off PATH; never under the normal stand-in's name."""
     env = {**ENGINE_DOWN, **({how: "1"} if isinstance(how, str) else {})}
     result = invoke("standin-base", "--dry-run", *(how if isinstance(how, list) else []), env=env)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     (move,) = [line for line in lines if "/usr/local/openmpi" in line]
-    assert lines.index(move) == 3  # after apt has installed OpenMPI
     assert "dpkg-divert" in move and "update-alternatives" in move and "is still on PATH" in move
     assert lines[-1].endswith("amltrain/standin-base:bookworm-openmpi-off-path'")
+    assert "ENV PATH=/opt/miniconda/bin:/usr/local/sbin" in lines[-1]
+
+
+def test_standin_base_gpu_flavour_adds_the_cuda_toolkit_of_the_setting_under_its_own_tag():
+    result = invoke("standin-base", "--dry-run", "--flavour", "gpu", env={**ENGINE_DOWN,
+                                                                         "INVOKE_STANDIN_CUDA_TOOLKIT": "13.1.1"})
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    (pip,) = [line for line in lines if " -m pip install " in line]
+    assert pip.endswith("'cuda-toolkit[nvcc,crt,nvvm,cudart,cccl,culibos]==13.1.1'")
+    (place,) = [line for line in lines if "nvidia/cu13" in line]
+    assert "ROOTFS/usr/local/cuda-13.1" in place and "ln -s cuda-13.1 ROOTFS/usr/local/cuda" in place
+    assert any("nvcc -gencode" in line for line in lines[lines.index(place):])  # a kernel is compiled to check it
+    assert lines[-1].endswith("amltrain/standin-base:bookworm-cuda13.1'")
+    assert "/usr/local/cuda/bin:" in lines[-1] and "ENV CUDA_VERSION=13.1.1" in lines[-1]
+    cpu = invoke("standin-base", "--dry-run", env=ENGINE_DOWN).stdout
+    label = re.compile(r"standin-recipe=([0-9a-f]{12})")
+    assert label.search(cpu).group(1) != label.search(result.stdout).group(1)
+
+
+@pytest.mark.parametrize("args, env, said", [
+    (["--flavour", "tpu"], {}, "unknown stand-in flavour 'tpu'"),
+    (["--flavour", "gpu"], {"INVOKE_STANDIN_CUDA_TOOLKIT": "12.4.1"}, "CUDA 13 or later"),
+    (["--flavour", "gpu"], {"INVOKE_STANDIN_CUDA_TOOLKIT": "latest"}, "CUDA 13 or later"),
+])
+def test_standin_base_bad_flavour_or_toolkit_is_one_line(args, env, said):
+    result = invoke("standin-base", "--dry-run", *args, env={**ENGINE_DOWN, **env})
+    assert result.returncode != 0 and said in result.stderr
+    assert len(result.stderr.strip().splitlines()) <= 2 and "Traceback" not in result.stderr
