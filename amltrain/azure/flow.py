@@ -276,7 +276,8 @@ def prepare_submit(session: AzureSession, job: JobSpec, image: ImageChoice, *, o
     ref = _environment_ref(s, image, known, offline)
     run_tags = {**tags(p, ref, known, git_commit(job.source_dir)), submit.ATTEMPT_TAG: "1",
                 **(folder.tags() if folder.known else {checkpoints.RESUMED_TAG: folder.resumed_from})}
-    request = submit.SubmitRequest(p, job.experiment, ref, s.sdk.job(p, ref, s.settings, run_tags), run_tags)
+    request = submit.SubmitRequest(p, job.experiment, ref, s.sdk.job(p, ref, s.settings, run_tags), run_tags,
+                                   rebuild=lambda attempt_tags: s.sdk.job(p, ref, s.settings, attempt_tags))
     notes = {"checkpoints": folder.describe()}
     if summary:
         notes["summary"] = f"the run's table appended to {summary} once submitted (nothing written now)"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +32,9 @@ class SubmitRequest:
     environment: EnvironmentRef
     job: object  # the SDK's job object
     tags: Mapping[str, str]
+    # the same job object built again with other tags (a retry's): a submitted SDK object is not reused (v2's
+    # create_or_update sets fields on the object it is given) and v2's cannot be deep-copied
+    rebuild: Callable[[Mapping[str, str]], object] | None = None
 
 
 def summary_markdown(run, request: SubmitRequest) -> str:
@@ -101,7 +104,8 @@ def execute(backend, request: SubmitRequest, wait: bool, out=None, summary: Path
         print(f"retry {attempt}/{retries}: {verdict.line()}", file=out, flush=True)
         attempt += 1
         tags = {**request.tags, ATTEMPT_TAG: str(attempt), FIRST_TAG: first, PREVIOUS_TAG: final.run_id}
-        run = _submit(backend, request, copy.deepcopy(request.job), tags, out, summary)
+        job = request.rebuild(tags) if request.rebuild else copy.deepcopy(request.job)
+        run = _submit(backend, request, job, tags, out, summary)
 
 
 ATTEMPT_TAG = "amltrain.attempt"  # 1, 2, …: which attempt of the job this run is
@@ -111,8 +115,7 @@ LOGS_HINT = "its logs: the studio link, user_logs/std_log*.txt"
 
 
 def _submit(backend, request: SubmitRequest, job, tags: dict[str, str], out, summary: Path | None):
-    """One attempt: the SDK's job object (a fresh copy for a retry: v2 names the object it submits) with its
-    tags."""
+    """One attempt: the SDK's job object with its tags."""
     run = backend.submit(request.experiment, job, tags)
     print(f"submitted run {run.run_id} to {request.plan.compute.name}: {run.portal_url}", file=out, flush=True)
     _append(summary, summary_markdown(run, request))
