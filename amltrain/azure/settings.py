@@ -152,7 +152,7 @@ def checkpoint_settings(configured: Mapping[str, Any]) -> CheckpointSettings:
                            f"{' and '.join(CHECKPOINT_PLACEHOLDERS)}", hint)
     if "{key}" not in path:
         raise ToolkitError(f"job.checkpoints.path {path!r} has no {{key}}: every job would resume from the same "
-                           "folder", f"{hint} (submit --resume JOB continues one job's checkpoints)")
+                           "folder", f"{hint}; submit --resume JOB continues one job's checkpoints")
     return CheckpointSettings(datastore, path)
 
 
