@@ -5,8 +5,6 @@ is told how each run ends (``RecordingBackend.outcomes``), with the service's re
 
 from __future__ import annotations
 
-import io
-
 import pytest
 
 from amltrain.azure import checkpoints, faults, flow, submit, v1, v2
@@ -15,8 +13,10 @@ from amltrain.azure.settings import CheckpointSettings
 from amltrain.azure.v1 import backend as v1_backend
 from amltrain.errors import ToolkitError
 from tests.azure_payloads import NAMED, PAYLOADS
-from tests.unit.test_azure_session import job, session  # noqa: F401 - the fixture, for both SDKs
+from tests.unit import test_azure_session
+from tests.unit.test_azure_session import job
 
+session = test_azure_session.session  # the fixture: a session on the fake, for each SDK
 PREEMPTED = RunError(PAYLOADS[0][2], PAYLOADS[0][3])
 USER_EXIT = RunError(PAYLOADS[4][2], PAYLOADS[4][3])
 
