@@ -348,7 +348,7 @@ def submit(c, target=None, compute=None, instance_type=None, nodes=None, procs_p
     retries = config.whole(retries, "--retries", 0, "e.g. --retries 3") if retries is not None else 0
     if emit_yaml is not None:
         emit_yaml = flow.emit_target(session, emit_yaml, dry_run=dry_run, wait=wait, summary=summary,
-                                     cancel_on_interrupt=cancel_on_interrupt, retries=retries)
+                                     cancel_on_interrupt=cancel_on_interrupt, retries=retries, resume=resume)
     request = flow.prepare_submit(session, job, _image(c, session, job.target), offline=offline,
                                   compute_name=compute, instance_type=instance_type, inputs=input or [],
                                   wait=wait, cancel_on_interrupt=cancel_on_interrupt, summary=summary,

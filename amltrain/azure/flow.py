@@ -347,6 +347,9 @@ def emit_target(session: AzureSession, given: str, **others) -> Path:
                            "add --sdk v2")
     if not given.strip():
         raise ToolkitError("--emit-yaml needs a file name", "e.g. --emit-yaml job.yml")
+    if others.pop("resume", None) is not None:  # JOB's folder is known only to Azure, which this never asks
+        raise ToolkitError("--emit-yaml works offline and cannot read the checkpoint folder --resume names",
+                           "submit --resume JOB without --emit-yaml")
     clashing = [f"--{name.replace('_', '-')}" for name, value in others.items() if value]
     if clashing:
         raise ToolkitError(f"--emit-yaml writes the job and submits nothing: {', '.join(clashing)} would not apply",
