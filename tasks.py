@@ -336,13 +336,18 @@ def compute(c, name=None, vm_size=None, min_nodes=None, max_nodes=None, idle_sec
             "summary": "Append the run as Markdown (run id, studio link, image digest, final status) to this "
                        "file, e.g. \"$GITHUB_STEP_SUMMARY\" for a GitHub job summary",
             "emit-yaml": "SDK v2: write the job as `az ml job create -f FILE` reads it, and submit nothing",
+            "resume": "Continue Azure job JOB's checkpoints: this run mounts JOB's checkpoint folder as "
+                      "AMLTRAIN_CHECKPOINT_DIR (found from JOB's tags) instead of a new one",
+            "retries": "Submit the job again, on the same checkpoint folder, when a run fails for an "
+                       "infrastructure fault (preempted, node failure, image pull timeout, …), at most N times; "
+                       "never for a user error. Implies --wait (default 0)",
             "sdk": SDK_HELP,
             "dry-run": "Print the job as the SDK sends it (v2: the job YAML; v1: the run configuration), secrets "
                        "masked; contact nothing"})
 @one_line_errors
 def submit(c, target=None, compute=None, instance_type=None, nodes=None, procs_per_node=None, launch=None,
            command=None, script=None, args=None, input=None, env=None, wait=False, cancel_on_interrupt=False,
-           summary=None, emit_yaml=None, sdk=None, dry_run=False):
+           summary=None, emit_yaml=None, resume=None, retries=None, sdk=None, dry_run=False):
     """Submit the job (the one run-local runs) to Azure ML: one process, DDP per process or per node, or MPI."""
     from amltrain.azure import flow
 
@@ -353,12 +358,14 @@ def submit(c, target=None, compute=None, instance_type=None, nodes=None, procs_p
                           command=command, launch=launch, nodes=nodes, procs_per_node=procs_per_node,
                           require_inputs=False)
     offline = dry_run or emit_yaml is not None
+    retries = config.whole(retries, "--retries", 0, "e.g. --retries 3") if retries is not None else 0
     if emit_yaml is not None:
         emit_yaml = flow.emit_target(session, emit_yaml, dry_run=dry_run, wait=wait, summary=summary,
-                                     cancel_on_interrupt=cancel_on_interrupt)
+                                     cancel_on_interrupt=cancel_on_interrupt, retries=retries, resume=resume)
     request = flow.prepare_submit(session, job, _image(c, session, job.target), offline=offline,
                                   compute_name=compute, instance_type=instance_type, inputs=input or [],
-                                  wait=wait, cancel_on_interrupt=cancel_on_interrupt, summary=summary)
+                                  wait=wait, cancel_on_interrupt=cancel_on_interrupt, summary=summary,
+                                  resume=resume, retries=retries)
     session.warn(request.warnings)
     if emit_yaml is not None:
         flow.emit_yaml(request, emit_yaml)

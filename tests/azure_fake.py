@@ -30,6 +30,11 @@ class RecordingBackend:
     registered: list = field(default_factory=list)  # the SDK's Environment objects handed over
     computes: dict = field(default_factory=dict)  # name -> ComputeInfo
     final_status: str = "Completed"  # "interrupted": following the run is stopped (Ctrl-C, a cancelled CI job)
+    # How the runs end, one per wait, in order: "Completed", ("Failed", RunError(code, message)), "interrupted";
+    # when used up, final_status. So a test scripts "this run is preempted, the next one completes".
+    outcomes: list = field(default_factory=list)
+    runs: dict = field(default_factory=dict)  # run id -> its tags: runs submitted here, or earlier ones (--resume)
+    absent: set = field(default_factory=set)  # run ids the workspace does not have
     artifacts: dict = field(default_factory=lambda: {"outputs/model.pt2": b"model", "outputs/labels.json": b"[]",
                                                      "logs/user_logs/std_log.txt": b"log"})
     download_fails_after: int | None = None  # files written before a download breaks off, like a lost connection
@@ -91,14 +96,17 @@ class RecordingBackend:
         run_id = f"{experiment}_1700000000_{len(self.submitted):08x}"
         self._record("submit", experiment, run_id)
         self.submitted.append((experiment, job, dict(tags)))
-        return RunInfo(run_id, PORTAL.format(run_id=run_id), "Queued")
+        self.runs[run_id] = dict(tags)
+        return RunInfo(run_id, PORTAL.format(run_id=run_id), "Queued", tags=dict(tags))
 
     def wait(self, run_id, show_output=True):
         self._record("wait", run_id, show_output)
-        if self.final_status == "interrupted":  # what WorkspaceBackend.wait raises on Ctrl-C or SIGTERM
+        outcome = self.outcomes.pop(0) if self.outcomes else self.final_status
+        status, error = (outcome, None) if isinstance(outcome, str) else outcome
+        if status == "interrupted":  # what WorkspaceBackend.wait raises on Ctrl-C or SIGTERM
             raise ToolkitError(f"stopped following run {run_id}; it keeps running: {PORTAL.format(run_id=run_id)}",
                                "cancel it in the studio if that was meant", exit_code=130)
-        return RunInfo(run_id, PORTAL.format(run_id=run_id), self.final_status)
+        return RunInfo(run_id, PORTAL.format(run_id=run_id), status, error, self.runs.get(run_id, {}))
 
     def cancel(self, run_id):
         self._record("cancel", run_id)
@@ -106,7 +114,10 @@ class RecordingBackend:
 
     def get_run(self, run_id):
         self._record("get_run", run_id)
-        return RunInfo(run_id, PORTAL.format(run_id=run_id), self.final_status)
+        if run_id in self.absent:  # what either SDK's backend says of a job the workspace does not have
+            raise ToolkitError(f"reading job {run_id} failed: (UserError) Run {run_id} not found",
+                               "check the job name (`invoke submit` prints it)")
+        return RunInfo(run_id, PORTAL.format(run_id=run_id), self.final_status, tags=self.runs.get(run_id, {}))
 
     def run_file_names(self, run_id):
         self._record("run_file_names", run_id)

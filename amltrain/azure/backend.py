@@ -12,8 +12,8 @@ import contextlib
 import json
 import os
 import re
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -58,10 +58,32 @@ class EnvironmentInfo:
 
 
 @dataclass(frozen=True)
+class RunError:
+    """The service's error on a run that did not complete (v1: ``get_details()['error']['error']``; v2: the run
+    history's ``RunDetails.error.error``, what ``jobs.stream`` prints): what ``faults.classify`` reads."""
+
+    code: str = ""
+    message: str = ""
+
+
+@dataclass(frozen=True)
 class RunInfo:
     run_id: str
     portal_url: str
     status: str = ""
+    error: RunError | None = None  # set when the run ended Failed (read once it ended)
+    tags: Mapping[str, str] = field(default_factory=dict)  # read by get_run (--resume finds the checkpoint folder)
+    checkpoints: str = ""  # the URI of its checkpoint output, where the SDK says (v2's outputs.checkpoints)
+
+
+def run_error(error) -> RunError | None:
+    """A service ``ErrorResponse`` (a dict as v1 reads it, or v2's model) as a RunError; None when absent."""
+    root = error.get("error") if isinstance(error, Mapping) else getattr(error, "error", None)
+    if root is None:
+        return None
+    code = root.get("code") if isinstance(root, Mapping) else getattr(root, "code", "")
+    message = root.get("message") if isinstance(root, Mapping) else getattr(root, "message", "")
+    return RunError(str(code or ""), str(message or ""))
 
 
 class AzureBackend(Protocol):

@@ -20,7 +20,7 @@ from ..errors import ToolkitError
 from ..masking import mask_text, masked
 from ..registry import KnownImage, local_image, push, pushed_image
 from ..spec import JobSpec
-from . import acr, compute, environment, model, preflight, submit, workspace
+from . import acr, checkpoints, compute, environment, faults, model, preflight, submit, workspace
 from .plan import SERVERLESS, git_commit, plan, tags
 from .settings import AzureSettings, ComputeSpec
 
@@ -243,20 +243,28 @@ class SubmitFlow:
                             "(.amlignore honoured; limits 2000 files, 300 MB)",
                 "tags": dict(r.tags), **self.notes}
 
+    retries: int = 0
+
     def execute(self):
         s = self.session
         return submit.execute(s.backend(), self.request, self.wait, out=s.out, summary=self.summary,
-                              cancel_on_interrupt=self.cancel_on_interrupt)
+                              cancel_on_interrupt=self.cancel_on_interrupt, retries=self.retries)
 
 
 def prepare_submit(session: AzureSession, job: JobSpec, image: ImageChoice, *, offline: bool,
                    compute_name: str | None = None, instance_type: str | None = None, inputs=(),
-                   wait: bool = False, cancel_on_interrupt: bool = False, summary: str | None = None) -> SubmitFlow:
+                   wait: bool = False, cancel_on_interrupt: bool = False, summary: str | None = None,
+                   resume: str | None = None, retries: int = 0) -> SubmitFlow:
+    """``retries`` > 0 implies ``wait``: a failed run can only be retried by following it to its end."""
+    wait = wait or retries > 0
     if cancel_on_interrupt and not wait:
         raise ToolkitError("--cancel-on-interrupt needs --wait: without it the task ends once the run is submitted",
                            "add --wait")
+    if resume is not None:  # it becomes part of a REST path
+        preflight.check_name(resume, "job", "--resume")
     s = session
-    p = plan(job, s.settings, compute_name, inputs, image.gpu, instance_type)
+    folder = _checkpoint_folder(s, job.experiment, resume, offline)
+    p = plan(job, s.settings, compute_name, inputs, image.gpu, instance_type, checkpoints=folder)
     s.sdk.check(p, s.settings)
     warnings = (*p.warnings, *preflight.pull_warnings(s.settings, p.compute if p.compute.declared else None,
                                                       p.serverless))
@@ -266,16 +274,34 @@ def prepare_submit(session: AzureSession, job: JobSpec, image: ImageChoice, *, o
             check_writable(Path(summary), "summary file")
     known = s.find_image(image, offline)
     ref = _environment_ref(s, image, known, offline)
-    run_tags = tags(p, ref, known, git_commit(job.source_dir))
-    request = submit.SubmitRequest(p, job.experiment, ref, s.sdk.job(p, ref, s.settings, run_tags), run_tags)
-    notes = {}
+    run_tags = {**tags(p, ref, known, git_commit(job.source_dir)), submit.ATTEMPT_TAG: "1",
+                **(folder.tags() if folder.known else {checkpoints.RESUMED_TAG: folder.resumed_from})}
+    request = submit.SubmitRequest(p, job.experiment, ref, s.sdk.job(p, ref, s.settings, run_tags), run_tags,
+                                   rebuild=lambda attempt_tags: s.sdk.job(p, ref, s.settings, attempt_tags))
+    notes = {"checkpoints": folder.describe()}
     if summary:
         notes["summary"] = f"the run's table appended to {summary} once submitted (nothing written now)"
     if wait:
         notes["wait"] = "stream the logs, exit with the run's status" + (
             "; cancel the run if interrupted" if cancel_on_interrupt else "")
+    if retries:
+        notes["retries"] = (f"up to {retries}: a run that fails for an infrastructure fault ("
+                            f"{', '.join(kind for kind, _ in faults.RETRIED)}) is submitted again on the same "
+                            "checkpoint folder; a user error (the script's non-zero exit) or an unrecognised "
+                            "failure never is")
     return SubmitFlow(s, request, tuple(warnings), wait, cancel_on_interrupt, Path(summary) if summary else None,
-                      notes)
+                      notes, retries)
+
+
+def _checkpoint_folder(session: AzureSession, experiment: str, resume: str | None, offline: bool):
+    """A new folder for this job, or (``--resume JOB``) JOB's, which a real run asks Azure for: JOB's tags."""
+    settings = session.settings.checkpoints
+    if resume is None:
+        return checkpoints.location(settings, experiment)
+    if offline:
+        return checkpoints.unknown(settings, resume)
+    earlier = session.backend().get_run(resume)
+    return checkpoints.of_job(resume, earlier.tags, earlier.checkpoints)
 
 
 def check_writable(path: Path, what: str) -> None:
@@ -321,6 +347,9 @@ def emit_target(session: AzureSession, given: str, **others) -> Path:
                            "add --sdk v2")
     if not given.strip():
         raise ToolkitError("--emit-yaml needs a file name", "e.g. --emit-yaml job.yml")
+    if others.pop("resume", None) is not None:  # JOB's folder is known only to Azure, which this never asks
+        raise ToolkitError("--emit-yaml works offline and cannot read the checkpoint folder --resume names",
+                           "submit --resume JOB without --emit-yaml")
     clashing = [f"--{name.replace('_', '-')}" for name, value in others.items() if value]
     if clashing:
         raise ToolkitError(f"--emit-yaml writes the job and submits nothing: {', '.join(clashing)} would not apply",

@@ -14,6 +14,8 @@ from ..errors import ToolkitError
 from ..registry import KnownImage
 from ..spec import JobSpec
 from . import preflight
+from .checkpoints import ENV as CHECKPOINT_ENV
+from .checkpoints import CheckpointLocation
 from .data import RemoteInput, check_references, remote_inputs
 from .environment import EnvironmentRef
 from .settings import AzureSettings, ComputeSpec
@@ -32,6 +34,7 @@ class Plan:
     snapshot_files: int
     snapshot_bytes: int
     warnings: tuple[str, ...] = ()
+    checkpoints: CheckpointLocation | None = None  # the folder AMLTRAIN_CHECKPOINT_DIR names on every attempt
 
     @property
     def serverless(self) -> bool:
@@ -43,9 +46,10 @@ class Plan:
 
 
 def plan(job: JobSpec, settings: AzureSettings, compute: str | None, inputs: Iterable[str], gpu_target: bool,
-         instance_type: str | None = None) -> Plan:
+         instance_type: str | None = None, checkpoints: CheckpointLocation | None = None) -> Plan:
     """The job against the cluster's declaration (or the serverless instance type), its names, its inputs and
-    the snapshot limits (the base image is checked where the image is chosen: ``preflight.check_base_image``)."""
+    the snapshot limits (the base image is checked where the image is chosen: ``preflight.check_base_image``).
+    ``checkpoints``: the job's checkpoint folder (``checkpoints.location``); None mounts none."""
     spec = _compute(settings, compute, instance_type)
     preflight.check_name(job.experiment, "experiment", "job.experiment")
     warnings: list[str] = []
@@ -68,8 +72,11 @@ def plan(job: JobSpec, settings: AzureSettings, compute: str | None, inputs: Ite
     size = snapshot.check_limits(job.source_dir, names)
     if not job.command:
         snapshot.check_script(job.source_dir, job.script, names)
+    if checkpoints is not None and CHECKPOINT_ENV in job.environment:
+        warnings.append(f"{CHECKPOINT_ENV} set in the job's environment is replaced by the checkpoint folder's "
+                        "mount point")
     return Plan(job=job, compute=spec, inputs=remote, communication=communication, snapshot_files=len(names),
-                snapshot_bytes=size, warnings=tuple(warnings))
+                snapshot_bytes=size, warnings=tuple(warnings), checkpoints=checkpoints)
 
 
 def _compute(settings: AzureSettings, compute: str | None, instance_type: str | None) -> ComputeSpec:

@@ -4,6 +4,7 @@ side's part of ``amltrain.config``), so a bad value is one line before anything 
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,6 +57,15 @@ class ComputeSpec:
 
 
 @dataclass(frozen=True)
+class CheckpointSettings:
+    """Where a job's checkpoint folder lives on Azure (``job.checkpoints``): a datastore and a path template with
+    ``{experiment}`` and ``{key}``, the job key every attempt and ``submit --resume`` of the job shares."""
+
+    datastore: str = "workspaceblobstore"
+    path: str = "amltrain-checkpoints/{experiment}/{key}"
+
+
+@dataclass(frozen=True)
 class AzureSettings:
     sdk: str = "v2"  # v2 (azure-ai-ml) | v1 (azureml-core, support ended 2026-06-30)
     subscription_id: str = ""
@@ -73,6 +83,7 @@ class AzureSettings:
     shm_size: str = "2g"
     max_run_duration_seconds: int = 86400
     inputs: Mapping[str, str] = field(default_factory=frozen_map)  # NAME -> azureml:DATASET[:VERSION] | datastore:…
+    checkpoints: CheckpointSettings = field(default_factory=CheckpointSettings)
 
 
 def from_config(cfg: Mapping[str, Any], sdk: str | None = None) -> AzureSettings:
@@ -113,7 +124,36 @@ def from_config(cfg: Mapping[str, Any], sdk: str | None = None) -> AzureSettings
         max_run_duration_seconds=whole(submit.get("max_run_duration_seconds", 86400),
                                         "azure.submit.max_run_duration_seconds", 1),
         inputs=frozen_map(key_values((f"{k}={v}" for k, v in section(cfg, "azure.submit.inputs").items()), "input")),
+        checkpoints=checkpoint_settings(section(cfg, "job.checkpoints")),
     )
+
+
+CHECKPOINT_PLACEHOLDERS = ("{experiment}", "{key}")
+_DATASTORE_NAME = re.compile(r"[A-Za-z0-9_]{1,255}")
+_CHECKPOINT_PATH = re.compile(r"[A-Za-z0-9_.{}-]+(/[A-Za-z0-9_.{}-]+)*")
+
+
+def checkpoint_settings(configured: Mapping[str, Any]) -> CheckpointSettings:
+    """``job.checkpoints``, refused in one line when a job's folder could be shared with another job's (no
+    ``{key}``), leave the datastore (``..``) or carry characters a datastore path URI would have to escape."""
+    default = CheckpointSettings()
+    datastore = str(configured.get("datastore") or default.datastore).strip()
+    path = str(configured.get("path") or default.path).strip().strip("/")
+    if not _DATASTORE_NAME.fullmatch(datastore):
+        raise ToolkitError(f"job.checkpoints.datastore {datastore!r} is not a datastore name (letters, digits, _)",
+                           "e.g. workspaceblobstore")
+    hint = f"e.g. {default.path}"
+    if not _CHECKPOINT_PATH.fullmatch(path) or ".." in path.split("/"):
+        raise ToolkitError(f"job.checkpoints.path {path!r} is not a relative datastore path of letters, digits, "
+                           "'.', '_', '-' and '/'", hint)
+    unknown = set(re.findall(r"{[^}]*}", path)) - set(CHECKPOINT_PLACEHOLDERS)
+    if unknown or re.sub(r"{[^}]*}", "", path).count("{") + re.sub(r"{[^}]*}", "", path).count("}"):
+        raise ToolkitError(f"job.checkpoints.path {path!r} has placeholders other than "
+                           f"{' and '.join(CHECKPOINT_PLACEHOLDERS)}", hint)
+    if "{key}" not in path:
+        raise ToolkitError(f"job.checkpoints.path {path!r} has no {{key}}: every job would resume from the same "
+                           "folder", f"{hint}; submit --resume JOB continues one job's checkpoints")
+    return CheckpointSettings(datastore, path)
 
 
 def _declared_compute(name: str, body: Any):

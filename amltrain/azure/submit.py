@@ -7,14 +7,16 @@ from the same ``Plan``; a dry run prints what that SDK would send.
 
 from __future__ import annotations
 
+import copy
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ToolkitError
 from ..signals import STOP_SIGNALS, signals_ignored
-from . import preflight
+from . import faults, preflight
+from .backend import RunError
 from .environment import EnvironmentRef, registered
 from .plan import Plan
 
@@ -30,6 +32,9 @@ class SubmitRequest:
     environment: EnvironmentRef
     job: object  # the SDK's job object
     tags: Mapping[str, str]
+    # the same job object built again with other tags (a retry's): a submitted SDK object is not reused (v2's
+    # create_or_update sets fields on the object it is given) and v2's cannot be deep-copied
+    rebuild: Callable[[Mapping[str, str]], object] | None = None
 
 
 def summary_markdown(run, request: SubmitRequest) -> str:
@@ -58,12 +63,14 @@ def _append(summary: Path | None, text: str) -> None:
 
 
 def execute(backend, request: SubmitRequest, wait: bool, out=None, summary: Path | None = None,
-            cancel_on_interrupt: bool = False):
+            cancel_on_interrupt: bool = False, retries: int = 0):
     """Check the job against the real cluster and the registered environment, submit, and (``wait``) follow
     the run to its end. A run that does not complete is a ToolkitError naming the run and its studio link.
     ``summary``: a file (GitHub's $GITHUB_STEP_SUMMARY) the run's table and final status are appended to.
     ``cancel_on_interrupt``: following interrupted (Ctrl-C, SIGTERM: a cancelled CI job) cancels the run too,
-    so no cluster keeps training for a job nobody waits for."""
+    so no cluster keeps training for a job nobody waits for. ``retries``: a run that failed for a reason a new
+    attempt can get past (``faults.classify``: preempted, node failure, …) is submitted again, the same job on the
+    same checkpoint folder, at most this many times; the attempts are linked by their tags."""
     out = out or sys.stdout
     p = request.plan
     if not p.serverless:
@@ -73,13 +80,46 @@ def execute(backend, request: SubmitRequest, wait: bool, out=None, summary: Path
         raise ToolkitError(f"environment {env.name}:{env.version} is not registered in workspace "
                            f"{backend.workspace.workspace_name}",
                            f"invoke push --target {p.job.target} && invoke register --target {p.job.target}")
-    run = backend.submit(request.experiment, request.job, dict(request.tags))
-    print(f"submitted run {run.run_id} to {p.compute.name}: {run.portal_url}", file=out, flush=True)
-    _append(summary, summary_markdown(run, request))
+    run = _submit(backend, request, request.job, dict(request.tags), out, summary)
     if not wait:
         _append(summary, "Submitted; not followed (`invoke submit` without `--wait`).\n\n")
         return run
-    return _follow(backend, run, summary, cancel_on_interrupt, out)
+    first, attempt = run.run_id, 1
+    while True:
+        final = _follow(backend, run, summary, cancel_on_interrupt)
+        if final.status == "Completed":
+            print(f"run {final.run_id} completed: {final.portal_url}", file=out)
+            return final
+        error = final.error or RunError()
+        verdict = faults.classify(final.status, error.code, error.message)
+        ended = f"run {final.run_id} ended {final.status}"
+        if not retries:
+            raise ToolkitError(f"{ended}{f' ({verdict.said})' if final.error else ''}: {final.portal_url}",
+                               LOGS_HINT)
+        if not verdict.retry:
+            raise ToolkitError(f"not retried: {verdict.line()}; {ended}: {final.portal_url}", LOGS_HINT)
+        if attempt > retries:
+            raise ToolkitError(f"retries exhausted ({retries}/{retries}): {verdict.line()}; {ended} "
+                               f"(attempt {attempt}): {final.portal_url}", LOGS_HINT)
+        print(f"retry {attempt}/{retries}: {verdict.line()}", file=out, flush=True)
+        attempt += 1
+        tags = {**request.tags, ATTEMPT_TAG: str(attempt), FIRST_TAG: first, PREVIOUS_TAG: final.run_id}
+        job = request.rebuild(tags) if request.rebuild else copy.deepcopy(request.job)
+        run = _submit(backend, request, job, tags, out, summary)
+
+
+ATTEMPT_TAG = "amltrain.attempt"  # 1, 2, …: which attempt of the job this run is
+FIRST_TAG = "amltrain.first_attempt"  # on a retry: the run id of attempt 1
+PREVIOUS_TAG = "amltrain.previous_attempt"  # on a retry: the run id of the attempt it follows
+LOGS_HINT = "its logs: the studio link, user_logs/std_log*.txt"
+
+
+def _submit(backend, request: SubmitRequest, job, tags: dict[str, str], out, summary: Path | None):
+    """One attempt: the SDK's job object with its tags."""
+    run = backend.submit(request.experiment, job, tags)
+    print(f"submitted run {run.run_id} to {request.plan.compute.name}: {run.portal_url}", file=out, flush=True)
+    _append(summary, summary_markdown(run, request))
+    return run
 
 
 def _check_cluster(backend, p: Plan, out) -> None:
@@ -99,7 +139,7 @@ def _check_cluster(backend, p: Plan, out) -> None:
                            "that fits the target")
 
 
-def _follow(backend, run, summary: Path | None, cancel_on_interrupt: bool, out):
+def _follow(backend, run, summary: Path | None, cancel_on_interrupt: bool):
     """Stream the run to its end; interrupted, cancel it only when asked."""
     try:
         final = backend.wait(run.run_id, show_output=True)
@@ -119,8 +159,4 @@ def _follow(backend, run, summary: Path | None, cancel_on_interrupt: bool, out):
         raise ToolkitError(f"interrupted: cancelled run {run.run_id} ({cancelled.status or 'CancelRequested'}): "
                            f"{run.portal_url}", exit_code=exc.exit_code) from None
     _append(summary, f"Status: **{final.status}**\n\n")
-    if final.status != "Completed":
-        raise ToolkitError(f"run {final.run_id} ended {final.status}: {final.portal_url}",
-                           "its logs: the studio link, user_logs/std_log*.txt")
-    print(f"run {final.run_id} completed: {final.portal_url}", file=out)
     return final

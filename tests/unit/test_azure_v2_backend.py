@@ -11,7 +11,7 @@ import signal
 import pytest
 
 from amltrain.azure import model as model_flow
-from amltrain.azure.backend import ComputeInfo, EnvironmentInfo, RunInfo
+from amltrain.azure.backend import ComputeInfo, EnvironmentInfo, RunError, RunInfo
 from amltrain.azure.environment import EnvironmentRef
 from amltrain.azure.settings import ComputeSpec, WorkspaceRef
 from amltrain.azure.v2 import backend as v2_backend
@@ -207,7 +207,8 @@ def test_a_failed_job_is_a_result_not_an_error(backend, azure, capsys):
     azure.answer("GET", HISTORY.format("job1"), run_details("job1", "Failed", {"error": {
         "code": "UserError", "message": "Execution failed: exit code 1"}}))
     answer_blobs(azure, "azureml", ARTIFACTS)
-    assert backend.wait("job1", show_output=False) == RunInfo("job1", STUDIO.format(name="job1"), "Failed")
+    assert backend.wait("job1", show_output=False) == RunInfo(  # the error, from run history (what stream prints)
+        "job1", STUDIO.format(name="job1"), "Failed", RunError("UserError", "Execution failed: exit code 1"))
     assert "RunId" not in capsys.readouterr().out  # show_output=False: the SDK's stream is not printed
 
 

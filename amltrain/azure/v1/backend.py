@@ -19,7 +19,9 @@ from ..backend import (
     azure_message,
     identity_of,
     login_server,
+    run_error,
 )
+from ..checkpoints import ENV
 from ..settings import AzureSettings, WorkspaceRef
 from ..workspace import ACR_EXCHANGE_HINT, acr_refresh_token, auth_mode, workspace_ref
 from .auth import make_auth
@@ -152,7 +154,6 @@ class WorkspaceBackend:
         with azure_errors(f"following run {run_id}"), signals_as_interrupts() as received:
             try:
                 run.wait_for_completion(show_output=show_output, raise_on_error=False)
-                return RunInfo(run.id, run.get_portal_url(), run.get_status())
             except (KeyboardInterrupt, Exception) as exc:  # the SDK re-raises an interrupt as its own exception
                 if not (isinstance(exc, KeyboardInterrupt) or "interrupted" in str(exc)):
                     raise
@@ -160,11 +161,17 @@ class WorkspaceBackend:
                 raise ToolkitError(f"stopped following run {run_id}; it keeps running: {run.get_portal_url()}",
                                    "cancel it in the studio if that was meant, or use --cancel-on-interrupt",
                                    exit_code=128 + signum) from None
+        return self.get_run(run_id)
 
     def get_run(self, run_id: str) -> RunInfo:
+        """The run's status, its error (``get_details()['error']``, set once it failed), its tags and its
+        checkpoint output's datastore path (``runDefinition.outputData``, as submitted)."""
         run = self._run(run_id)
         with azure_errors(f"reading run {run_id}"):
-            return RunInfo(run.id, run.get_portal_url(), run.get_status())
+            details = run.get_details()
+            status = details.get("status") or run.get_status()
+            return RunInfo(run.id, run.get_portal_url(), status, run_error(details.get("error")),
+                           dict(run.get_tags() or {}), _checkpoint_output(details))
 
     def cancel(self, run_id: str) -> RunInfo:
         run = self._run(run_id)
@@ -187,6 +194,14 @@ class WorkspaceBackend:
         run = self._run(run_id)
         with azure_errors(f"downloading {prefix} of run {run_id}"):
             run.download_files(prefix=prefix, output_directory=str(directory), append_prefix=True)
+
+
+def _checkpoint_output(details: dict) -> str:
+    """The checkpoint output's folder as an ``azureml://`` URI, from the run definition the service kept."""
+    output = ((details.get("runDefinition") or {}).get("outputData") or {}).get(ENV) or {}
+    data_path = (output.get("outputLocation") or {}).get("dataPath") or {}
+    store, path = data_path.get("datastoreName"), data_path.get("relativePath")
+    return f"azureml://datastores/{store}/paths/{path.strip('/')}" if store and path else ""
 
 
 def _delete_if_failed(target) -> str:

@@ -7,7 +7,8 @@ Launch modes map one to one (the same ``Distribution`` as run-local):
 - per-node: the job's ``command`` + ``PyTorchConfiguration(node_count=nodes)``: one launcher (torchrun) per node;
 - mpi: ``MpiConfiguration(process_count_per_node=procs, node_count=nodes)``: mpirun, for Horovod.
 
-Always ``DockerConfiguration(use_docker=True, shm_size=azure.submit.shm_size)`` and a maximum run duration.
+Always ``DockerConfiguration(use_docker=True, shm_size=azure.submit.shm_size)`` and a maximum run duration; with a
+checkpoint folder, an ``OutputFileDatasetConfig(...).as_mount()`` named ``AMLTRAIN_CHECKPOINT_DIR``.
 
 Data inputs: v1 has no ``${{inputs.NAME}}``; it is replaced by the SDK's placeholder. A dataset must be a whole
 argument (``DatasetConsumptionConfig:NAME``, which the service replaces); a datastore path may sit inside an
@@ -26,6 +27,7 @@ from collections.abc import Mapping
 from ...errors import ToolkitError
 from ...inputs import substitute, whole_reference
 from ...spec import Distribution
+from .. import checkpoints
 from ..data import RemoteInput
 from ..environment import EnvironmentRef
 from ..plan import Plan
@@ -113,18 +115,38 @@ def script_run_config(p: Plan, environment, settings: AzureSettings):
     src.run_config.environment_variables = dict(job.environment)
     for remote in p.inputs.values():
         attach(remote, src.run_config)
+    if p.checkpoints is not None:
+        src.run_config.environment_variables.pop(checkpoints.ENV, None)
+        src.run_config.output_data[checkpoints.ENV] = checkpoint_output(p.checkpoints)
     return src
+
+
+def checkpoint_output(location):
+    """The checkpoint folder as an ``OutputFileDatasetConfig`` mounted read-write. It is named
+    ``AMLTRAIN_CHECKPOINT_DIR`` because an output's name "will also become an environment variable which contains
+    the local path" (the SDK's documentation of ``name``): the variable is its mount point on every node. A name
+    is an output's only handle on the node (v1 has no ``${{outputs…}}``; ``DatasetOutputConfig:NAME`` is replaced
+    in script arguments only, which belong to the script)."""
+    from azureml.data import OutputFileDatasetConfig
+
+    return OutputFileDatasetConfig(name=checkpoints.ENV, destination=(location.datastore, location.path)).as_mount()
 
 
 def service_configuration(src) -> dict:
     """The run configuration as the SDK serializes it into the request (``Experiment.submit`` ->
     ``script_run_config.submit`` -> ``_commands.start_run``: the ``Configuration`` field of the body)."""
     from azureml._execution import _commands
-    from azureml.core.script_run_config import get_run_config_from_script_run
+    from azureml.core.script_run_config import _update_args_and_io, get_run_config_from_script_run
 
     run_config = get_run_config_from_script_run(src)
+    # As submit does: outputs (the checkpoint folder) become the service's OutputData. The workspace is used only
+    # to save a DatasetConsumptionConfig input, which amltrain never makes (its inputs are ``Data`` already).
+    _update_args_and_io(OFFLINE_WORKSPACE, run_config)
     _commands._run_config_modification(run_config)
     return _commands._serialize_run_config_to_dict(run_config)
+
+
+OFFLINE_WORKSPACE = "<no workspace: nothing saved offline>"
 
 
 def job(p: Plan, env: EnvironmentRef, settings: AzureSettings, tags=None):

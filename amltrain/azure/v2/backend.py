@@ -29,7 +29,9 @@ from ..backend import (
     azure_message,
     identity_of,
     login_server,
+    run_error,
 )
+from ..checkpoints import OUTPUT
 from ..settings import AzureSettings, WorkspaceRef
 from ..workspace import (
     ACR_EXCHANGE_HINT,
@@ -210,9 +212,18 @@ class MLClientBackend:
             return RunInfo(created.name, created.studio_url or "", _text(created.status))
 
     def get_run(self, run_id: str) -> RunInfo:
+        """The job's status, tags and checkpoint output; once it failed, its error. The job resource has no error
+        field: the run history's details have it (``RunDetails.error``, what ``jobs.stream`` prints when a job
+        fails), read through the SDK's own run operations."""
         with azure_errors(f"reading job {run_id}", RUN_HINT):
             job = self._client.jobs.get(run_id)
-            return RunInfo(job.name, job.studio_url or "", _text(job.status))
+            status = _text(job.status)
+            error = None
+            if status == "Failed":
+                error = run_error(self._client.jobs._runs_operations.get_run_details(run_id).error)
+            output = (job.outputs or {}).get(OUTPUT)
+            return RunInfo(job.name, job.studio_url or "", status, error, dict(job.tags or {}),
+                           str(getattr(output, "path", "") or ""))
 
     def wait(self, run_id: str, show_output: bool = True) -> RunInfo:
         """Stream the job's logs (rank 0's) to its end. A job that fails is a result (status Failed), not an

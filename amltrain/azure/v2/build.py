@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from ...inputs import INPUT_REF
+from .. import checkpoints
 from ..data import RemoteInput, check_references
 from ..plan import Plan
 from ..settings import AzureSettings, ComputeSpec
@@ -31,7 +32,7 @@ NAME_PLACEHOLDER = "<job name generated at submit>"
 LOCATION_PLACEHOLDER = "<the workspace's location>"
 # The job's YAML reads in this order (the SDK's dump has its schema's field order, tags first); the rest follows.
 YAML_ORDER = ("type", "experiment_name", "command", "code", "environment", "compute", "distribution", "resources",
-              "limits", "inputs", "environment_variables", "tags")
+              "limits", "inputs", "outputs", "environment_variables", "tags")
 MODEL_URI = "azureml://jobs/{job}/outputs/artifacts/paths/{path}"  # the SDK's JOB_URI_FORMAT, default output
 
 
@@ -126,9 +127,12 @@ def job_command(plan: Plan) -> str:
     job = plan.job
     for text in (*job.arguments, job.command):
         check_references(text, plan.inputs)
-    if job.command:
-        return job.command
-    return " ".join(["python", shlex.quote(job.script), *(shell_word(a) for a in job.arguments)])
+    command = job.command or " ".join(["python", shlex.quote(job.script), *(shell_word(a) for a in job.arguments)])
+    if plan.checkpoints is None:
+        return command
+    # Azure ML replaces ${{outputs.NAME}} in the command only, not in environment variables (their values are
+    # passed as written: microsoft/physical-ai-toolchain#855), so the command exports the mount point itself.
+    return f"export {checkpoints.ENV}=${{{{outputs.{checkpoints.OUTPUT}}}}} && {command}"
 
 
 def _distribution(plan: Plan):
@@ -145,19 +149,24 @@ def _distribution(plan: Plan):
 def command_job(plan: Plan, env, settings: AzureSettings, tags: Mapping[str, str] | None = None):
     """The ``Command`` ``ml_client.jobs.create_or_update`` takes (nothing contacted). ``env``: anything with the
     registered environment's ``name`` and ``version`` (an ``EnvironmentRef`` or the SDK's Environment)."""
-    from azure.ai.ml import Input, command
+    from azure.ai.ml import Input, Output, command
 
     quiet_sdk()
     sdk_inputs = {name: Input(type="uri_folder", path=input_path(remote), mode="ro_mount")
                   for name, remote in plan.inputs.items()}
+    outputs = None
+    environment = dict(plan.job.environment)
+    if plan.checkpoints is not None:  # the same datastore folder on every node and every attempt
+        outputs = {checkpoints.OUTPUT: Output(type="uri_folder", path=plan.checkpoints.uri, mode="rw_mount")}
+        environment.pop(checkpoints.ENV, None)
     job = plan.job
     return command(
         experiment_name=job.experiment, code=str(Path(job.source_dir).resolve()), command=job_command(plan),
-        environment=f"azureml:{env.name}:{env.version}", environment_variables=dict(job.environment),
+        environment=f"azureml:{env.name}:{env.version}", environment_variables=environment,
         compute=None if plan.serverless else plan.compute.name, distribution=_distribution(plan),
         instance_count=job.distribution.nodes, instance_type=plan.instance_type or None,
         shm_size=settings.shm_size, timeout=settings.max_run_duration_seconds, inputs=sdk_inputs or None,
-        tags=dict(tags or {}))
+        outputs=outputs, tags=dict(tags or {}))
 
 
 def _as_job(job):
