@@ -34,8 +34,11 @@ for dist in m.distributions():
     sizes[f"{dist.metadata['Name'].lower()}=={dist.version}"] = total
 print(json.dumps(sizes))
 """
-# Files an install step must not leave behind, whatever their size.
-LEFTOVERS = "ls -d /root/.cache/pip /tmp/amltrain-horovod.* /tmp/amltrain-yaml /tmp/requirements.txt 2>/dev/null; true"
+# What an install step must not leave behind, whatever its size: pip's cache (its folder stays, empty, where the
+# build's cache mount was), Horovod's build tree and build tools, the spec's temporary files.
+LEFTOVERS = ("for p in /root/.cache/pip /tmp/amltrain-horovod.* /tmp/amltrain-yaml /tmp/requirements.txt; do "
+             '[ -e "$p" ] && [ -n "$(find "$p" -mindepth 1 -print -quit 2>/dev/null; [ -f "$p" ] && echo f)" ] '
+             '&& echo "$p"; done; true')
 
 
 def installed(image: str) -> dict[str, int]:
