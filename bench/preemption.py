@@ -6,7 +6,7 @@
   on SIGTERM means no step is redone); and what a preemption without that save (SIGKILL, no grace) would
   lose on top, on average half a checkpoint interval of steps, for a few intervals.
 
-    ./dev python bench/preemption.py [--nodes 1] [--image-size 112] [--preempt-after 40]
+    ./dev python bench/preemption.py [--nodes 1] [--image-size 112] [--preempt-after 30]
 
 Uses the same configuration as the tasks (invoke.yaml, INVOKE_*); needs the CPU image built. Lines are
 timed as they arrive from `run-local`'s output.
@@ -37,8 +37,8 @@ def main() -> int:
     p.add_argument("--nodes", type=int, default=1)
     p.add_argument("--image-size", type=int, default=112)
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--preempt-after", type=float, default=40)
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--preempt-after", type=float, default=30)
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="amltrain-bench-") as tmp:
         data = fowl_synthetic.generate(Path(tmp) / "fowl", train_per_class=32, val_per_class=8, size=128, seed=0)
@@ -52,7 +52,10 @@ def main() -> int:
         if proc.wait() != 0:
             sys.exit("run-local failed:\n" + "\n".join(line for _, line in lines[-40:]))
     saves = [(t, float(m.group(1)), float(m.group(2))) for t, line in lines if (m := SAVED.search(line))]
-    restart = next(t for t, line in lines if line.startswith("amltrain: attempt 2 "))
+    restart = next((t for t, line in lines if line.startswith("amltrain: attempt 2 ")), None)
+    if restart is None:
+        sys.exit(f"the run ended before the preemption at {args.preempt_after:g} s: lower --preempt-after or raise "
+                 "--epochs")
     first_after = next((t, s) for t, _, s in saves if t > restart)
     before = [x for x in saves if x[0] < restart]
     # a step and whatever else ran between two saves, less the save
