@@ -22,6 +22,11 @@ PAYLOADS = [
      "https://github.com/Azure/MachineLearningNotebooks/issues/1482 (also #1484)"),
     ("service error", True, "ServiceError", "InternalServerError",
      "https://github.com/Azure/azureml-previews/issues/258 (a job's error, from az ml job stream)"),
+    ("service error", True, "ServiceError",
+     "AzureMLCompute job failed.\nOrchestrateJobError: Failed to execute command group with error Got "
+     "CommonRuntimeJobError from executing command: \nDocker container `xxxxxxxx-execution-wrapper` failed with "
+     "status code `1` due to response error: \nNone",
+     "https://github.com/getindata/kedro-azureml/issues/6 (the job's Error JSON, ComponentName globaljobdispatcher)"),
     ("compute not available", True, "UserError",
      "AzureMLCompute cluster gpu-cluster is in failed state and thus not ready for runs",
      "https://github.com/Azure/MachineLearningNotebooks/issues/642 (also #1043)"),
@@ -37,9 +42,14 @@ PAYLOADS = [
      "https://github.com/MicrosoftDocs/azure-docs/issues/39532 (a datastore mount: credentials or network rules)"),
 ]
 
-# Not from a report: wordings the classes also cover, stated by the service in its error names (DiskFullError,
-# NodeFailure); kept apart from the reported payloads above.
+# Not from a job's report: wordings the classes also cover, stated by the service in its error names (DiskFullError,
+# NodeFailure) or in another of its errors; kept apart from the reported payloads above.
 NAMED = [
+    ("node failure", True, "UserError",
+     "The specified Azure ML Compute Instance XXX encountered an unusable node. Please try to restart the compute "
+     "instance to recover.",
+     "https://github.com/MicrosoftDocs/azure-docs/issues/85756 (a compute instance's provisioning error: the "
+     "service's words for a node it lost; no job failing for a node was found reported)"),
     ("node failure", True, "ServiceError", "AzureMLCompute job failed. NodeFailure: a node of this job failed.",
      "no report found: the service's error name"),
     ("disk full on node", True, "UserError", "AzureMLCompute job failed. DiskFullError: Disk full while running job.",

@@ -17,8 +17,8 @@ from tests.unit import test_azure_session
 from tests.unit.test_azure_session import job
 
 session = test_azure_session.session  # the fixture: a session on the fake, for each SDK
-PREEMPTED = RunError(PAYLOADS[0][2], PAYLOADS[0][3])
-USER_EXIT = RunError(PAYLOADS[4][2], PAYLOADS[4][3])
+PREEMPTED, USER_EXIT = (next(RunError(code, message) for kind, _, code, message, _ in PAYLOADS if kind == wanted)
+                        for wanted in ("preempted", "user error"))
 
 
 @pytest.mark.parametrize("kind, retried, code, message, source", PAYLOADS + NAMED,
