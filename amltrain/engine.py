@@ -40,14 +40,18 @@ def connect():
     return client
 
 
-def image_exists(client, ref: str) -> bool:
+def local_image(client, ref: str):
+    """The image in the engine's local store (docker-py's ``Image``), or None if it is not there."""
     import docker
 
     try:
-        client.images.get(ref)
+        return client.images.get(ref)
     except docker.errors.ImageNotFound:
-        return False
-    return True
+        return None
+
+
+def image_exists(client, ref: str) -> bool:
+    return local_image(client, ref) is not None
 
 
 @functools.lru_cache(maxsize=1)

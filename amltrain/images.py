@@ -190,11 +190,12 @@ def step_name(created_by: str) -> str:
 
 def image_weight(client, image: str, base: str) -> ImageWeight:
     """From the engine's layer history: the base's entries are the oldest ones of the image's."""
-    history = client.api.history(image)  # newest first
-    total = int(client.images.get(image).attrs.get("Size") or 0)
-    if not engine.image_exists(client, base):
+    built, base_image = client.images.get(image), engine.local_image(client, base)
+    total = int(built.attrs.get("Size") or 0)
+    if base_image is None:
         return ImageWeight(total, None)
-    own = history[: max(0, len(history) - len(client.api.history(base)))]
+    history = built.history()  # newest first
+    own = history[: max(0, len(history) - len(base_image.history()))]
     steps = sorted(((step_name(entry.get("CreatedBy", "")), int(entry.get("Size") or 0)) for entry in own
                     if entry.get("Size")), key=lambda step: -step[1])
     return ImageWeight(total, sum(size for _, size in steps), tuple(steps))
@@ -220,9 +221,10 @@ def on_local_base(client, ref: str, base: str) -> bool:
     """Whether the image was built on the base as it is now. A base made on this machine (the stand-in) keeps its
     name when it is remade, so the name in the content hash cannot tell; its layers can. A base that is not in the
     local image store (pulled by BuildKit only, or never pulled) counts as unchanged: its tag is the contract."""
-    if not engine.image_exists(client, base):
+    base_image = engine.local_image(client, base)
+    if base_image is None:
         return True
-    base_layers = client.images.get(base).attrs.get("RootFS", {}).get("Layers", [])
+    base_layers = base_image.attrs.get("RootFS", {}).get("Layers", [])
     layers = client.images.get(ref).attrs.get("RootFS", {}).get("Layers", [])
     return layers[:len(base_layers)] == base_layers
 

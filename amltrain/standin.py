@@ -30,6 +30,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 
+from . import engine
 from .errors import ToolkitError
 
 # debootstrap resolves only these (it cannot follow alternatives such as OpenMPI's); apt adds the rest.
@@ -194,12 +195,8 @@ def plan(image: str, suite: str, mirror: str, docker_cli: str, openmpi_off_path:
 
 def made_from(client, image: str) -> str | None:
     """The recipe an existing stand-in was made from ("" for one made before the label); None if there is none."""
-    import docker
-
-    try:
-        return str((client.images.get(image).labels or {}).get(RECIPE_LABEL, ""))
-    except docker.errors.ImageNotFound:
-        return None
+    made = engine.local_image(client, image)
+    return None if made is None else str((made.labels or {}).get(RECIPE_LABEL, ""))
 
 
 def create(standin: StandinPlan) -> None:

@@ -48,7 +48,8 @@ def main() -> None:
     args = parser.parse_args()
     cfg = config.load(ROOT)
     client = engine.connect()
-    ref = images.image_ref(config.image_spec(cfg, args.target, ROOT))
+    spec = config.image_spec(cfg, args.target, ROOT)
+    ref = images.image_ref(spec)
     if engine.image_exists(client, ref):
         client.images.remove(ref, force=True)
     if args.cold:
@@ -56,7 +57,7 @@ def main() -> None:
                        capture_output=True)
     build = invoke("build", "--target", args.target)
     unchanged = best_of(3, lambda: invoke("build", "--target", args.target))
-    size = client.images.get(ref).attrs["Size"]
+    weight = images.image_weight(client, ref, spec.base_image)
     smoke = invoke("smoke") if args.target == "cpu" else float("nan")
     with tempfile.TemporaryDirectory() as src:
         Path(src, "noop.py").write_text("pass\n")
@@ -66,7 +67,7 @@ def main() -> None:
     bare = best_of(3, lambda: timed([config.build_settings(cfg).docker_cli, "run", "--rm", ref, "python", "-c",
                                      "pass"]))
     print(f"target                        {args.target} ({'cold' if args.cold else 'layer cache kept'})")
-    print(f"image                         {ref}, {size / 1e9:.2f} GB")
+    print(f"image                         {ref}, {weight.render()}")
     print(f"build                         {build:8.1f} s")
     print(f"build, nothing changed        {unchanged:8.2f} s   ratio to build: {unchanged / build:.4f}")
     print(f"smoke (1 epoch, incl. build)  {smoke:8.1f} s")

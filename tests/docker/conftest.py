@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from amltrain import engine
+from amltrain import config, engine, standin
 from amltrain.errors import ToolkitError
-from tests.conftest import CLI, ROOT
+from tests.conftest import CLI, ROOT, load_config
 
 PROBE_DIR = "tests/docker/probe"
 
@@ -52,6 +52,24 @@ def built(target: str, env: dict | None = None) -> str:
     match = re.search(r"(amltrain/\S+:" + target + r"-[0-9a-f]{12})", result.stdout)
     assert match, result.stdout[-2000:]
     return match.group(1)
+
+
+def standin_base(client, flavour: str = "cpu", openmpi_off_path: bool = False) -> str:
+    """The stand-in `invoke standin-base` makes with these options, as the configuration names it. As root it is
+    (re)made here when missing or made from another recipe (a no-op otherwise); making it needs root, so elsewhere
+    a missing one fails in CI and skips outside it, saying the command."""
+    cfg = config.section(load_config(), "standin")
+    image = standin.image_name(str(cfg.get("image")), openmpi_off_path, flavour, str(cfg.get("cuda_toolkit")))
+    args = ["--flavour", flavour] + (["--openmpi-off-path"] if openmpi_off_path else [])
+    if os.geteuid() == 0:
+        result = invoke("standin-base", *args)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr
+    elif not engine.image_exists(client, image):
+        why = f"{image} is missing and making it needs root: sudo ./dev invoke standin-base {' '.join(args)}"
+        if os.environ.get("CI"):
+            pytest.fail(why)
+        pytest.skip(why)
+    return image
 
 
 @pytest.fixture(scope="session")

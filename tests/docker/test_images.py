@@ -166,6 +166,32 @@ def test_unpullable_base_fails_in_one_line_and_tags_nothing(tiny_context, docker
     assert docker_client.images.list(name=request.image) == []
 
 
+def test_an_image_on_a_base_remade_under_the_same_name_is_rebuilt(tiny_context, docker_client, capsys):
+    """The stand-in is remade under its name, which is all the content hash sees: the base's layers tell."""
+    cfg = load_config()
+    base = f"amltrain/test-remade-base:{uuid.uuid4().hex[:8]}"
+    docker_client.images.get(config.image_spec(cfg, "cpu", ROOT).base_image).tag(base)
+    request = images.build_request(tiny_spec(tiny_context, base), config.build_settings(cfg))
+    try:
+        assert images.build(request) is True
+        assert images.build(request) is False and images.build_state(request) == "built: nothing to do"
+        remade = docker_client.containers.run(base, ["touch", "/remade"], detach=True)
+        try:
+            assert remade.wait()["StatusCode"] == 0
+            remade.commit(*base.split(":"))  # same name, a layer more: as a remade stand-in, other layers
+        finally:
+            remade.remove()
+        assert images.build_state(request) == f"built on an earlier {base}: a build would run"
+        capsys.readouterr()
+        assert images.build(request) is True
+        assert f"note: {request.image} was built on an earlier {base} (remade since): rebuilding" in \
+            capsys.readouterr().out
+        assert images.build(request) is False
+    finally:
+        for ref in (request.image, base):
+            docker_client.images.remove(ref, force=True)
+
+
 def test_unpullable_base_through_the_cli(docker_client):
     result = invoke("build", "--target", "cpu", env={"INVOKE_IMAGES_CPU_BASE_IMAGE": "registry.invalid/x:1"})
     assert result.returncode != 0

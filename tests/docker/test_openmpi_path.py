@@ -8,17 +8,16 @@ when missing, and kept, like the normal stand-in.
 from __future__ import annotations
 
 import io
-import os
 import uuid
 from dataclasses import replace
 
 import pytest
 
-from amltrain import config, engine, images, standin
+from amltrain import config, engine, images
 from amltrain.errors import ToolkitError
 from tests.conftest import ROOT, copy_project, load_config
 
-from .conftest import built, invoke
+from .conftest import built, standin_base
 
 HELLO_MPI = r"""#include <mpi.h>
 #include <stdio.h>
@@ -39,16 +38,7 @@ def docker_run(image: str, *command: str) -> str:
 
 @pytest.fixture(scope="session")
 def off_path_base(docker_client) -> str:
-    image = standin.image_name(str(config.section(load_config(), "standin").get("image")), True)
-    if not engine.image_exists(docker_client, image):
-        if os.geteuid() != 0:
-            why = f"{image} is missing and making it needs root: sudo ./dev invoke standin-base --openmpi-off-path"
-            if os.environ.get("CI"):
-                pytest.fail(why)
-            pytest.skip(why)
-        result = invoke("standin-base", "--openmpi-off-path")
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr
-    return image
+    return standin_base(docker_client, openmpi_off_path=True)
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,7 @@ import pytest
 
 from amltrain import engine
 from tests.conftest import CLI, ROOT
+from train import fowl_synthetic
 
 from .conftest import containers_labelled, invoke, left_by, own_experiment, run_dir_of
 
@@ -70,6 +71,21 @@ session = onnxruntime.InferenceSession('/model/model.onnx', providers=['CPUExecu
 print('max abs difference', float(numpy.abs(got - expected).max()), got.shape)
 print('agree' if got.shape == expected.shape and numpy.allclose(got, expected, rtol=1e-3, atol=1e-4) else 'differ')
 """
+
+
+def test_the_samples_gpu_flags_train_and_export_on_cpu_too(cpu_image, tmp_path):
+    """--amp (bfloat16 autocast here), --channels-last and --process-group (DDP as the only process, gloo here):
+    what bench/gpu_checks.py runs on a GPU must at least train, report its rate and export on CPU."""
+    data = fowl_synthetic.generate(tmp_path / "fowl", train_per_class=8, val_per_class=4, size=72, seed=0)
+    result = invoke("run-local", "--input", f"data={data}", "--args",
+                    "--data-dir ${{inputs.data}} --num-epochs 1 --weights none --image-size 64 --batch-size 8 "
+                    "--num-workers 1 --amp --channels-last --process-group",
+                    env={"INVOKE_LOCAL_RUNS_DIR": str(tmp_path / "runs"), "INVOKE_LOCAL_CACHE_DIR": str(tmp_path)})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr
+    assert "world size 1 (gloo process group)" in result.stdout
+    assert re.search(r"epoch 1/1 .*train [0-9.]+ img/s\)", result.stdout)
+    outputs = Path(run_dir_of(result.stdout), "outputs")
+    assert {"model.pt2", "model.onnx"} <= {p.name for p in outputs.iterdir()}
 
 
 def test_the_script_sees_azure_mls_runtime_contract(cpu_image, probe_env, tmp_path):

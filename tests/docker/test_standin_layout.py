@@ -2,19 +2,17 @@
 /opt/miniconda/bin first on PATH, OpenMPI at /usr/local/openmpi on PATH, root; and for the gpu flavour a CUDA
 toolkit at /usr/local/cuda that compiles and links a kernel, at the version of standin.cuda_toolkit.
 
-Made by `invoke standin-base [--flavour gpu]` (root): made here when missing, as .ci/run makes them.
+Made by `invoke standin-base [--flavour gpu]` (root): made here when missing (tests/docker/conftest.standin_base).
 """
 
 from __future__ import annotations
-
-import os
 
 import pytest
 
 from amltrain import config, engine, standin
 from tests.conftest import load_config
 
-from .conftest import invoke
+from .conftest import standin_base
 from .test_openmpi_path import HELLO_MPI
 
 LAYOUT = ('echo "python=$(command -v python) mpirun=$(command -v mpirun) user=$(id -u)"; python -m pip --version; '
@@ -30,27 +28,13 @@ CUDA = ('echo "nvcc=$(command -v nvcc) version=$CUDA_VERSION"; nvcc --version | 
         'cd /tmp && printf "%s" "$1" > k.cu && nvcc -gencode arch=compute_90,code=sm_90 k.cu -o k && ./k')
 
 
-def made(flavour: str, client) -> str:
-    cfg = config.section(load_config(), "standin")
-    image = standin.image_name(str(cfg.get("image")), False, flavour, str(cfg.get("cuda_toolkit")))
-    if not engine.image_exists(client, image):
-        if os.geteuid() != 0:
-            why = f"{image} is missing and making it needs root: sudo ./dev invoke standin-base --flavour {flavour}"
-            if os.environ.get("CI"):
-                pytest.fail(why)
-            pytest.skip(why)
-        result = invoke("standin-base", "--flavour", flavour)
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr
-    return image
-
-
 def run(image: str, script: str, arg: str) -> list[str]:
     return engine.connect().containers.run(image, ["sh", "-c", script, "probe", arg], remove=True).decode().splitlines()
 
 
 @pytest.mark.parametrize("flavour", ["cpu", "gpu"])
 def test_python_and_openmpi_are_where_the_mcr_bases_keep_them(flavour, docker_client):
-    lines = run(made(flavour, docker_client), LAYOUT, HELLO_MPI)
+    lines = run(standin_base(docker_client, flavour), LAYOUT, HELLO_MPI)
     assert lines[0] == "python=/opt/miniconda/bin/python mpirun=/usr/local/openmpi/bin/mpirun user=0"
     assert lines[1].startswith("pip ") and "/opt/miniconda/" in lines[1]
     assert sorted(lines[2:]) == ["hello from rank 0 of 2", "hello from rank 1 of 2"]
@@ -59,7 +43,7 @@ def test_python_and_openmpi_are_where_the_mcr_bases_keep_them(flavour, docker_cl
 def test_the_gpu_stand_in_has_a_cuda_toolkit_that_builds_kernels(docker_client):
     toolkit = str(config.section(load_config(), "standin").get("cuda_toolkit"))
     release = standin.cuda_release(toolkit)[1]
-    lines = run(made("gpu", docker_client), CUDA, KERNEL)
+    lines = run(standin_base(docker_client, "gpu"), CUDA, KERNEL)
     assert lines[0] == f"nvcc=/usr/local/cuda/bin/nvcc version={toolkit}"
     assert f"release {release}" in lines[1]
     assert "/usr/local/cuda/lib64/libcudart.so" in lines and "/usr/local/cuda/lib64/libcudart_static.a" in lines
