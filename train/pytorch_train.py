@@ -535,6 +535,8 @@ def main(argv: list[str] | None = None) -> int:
                                        "batch_size": args.batch_size, "num_epochs": args.num_epochs,
                                        "weights": args.weights, "world_size": world})
             train(args, rank, world, device)
+            if dist.is_initialized():
+                dist.barrier()  # leave together: gloo may abort a rank that tears down while rank 0 still exports
     except JobError as exc:
         print("error:", " ".join(str(exc).split()), file=sys.stderr, flush=True)  # always one line
         return exc.code

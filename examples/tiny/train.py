@@ -47,6 +47,7 @@ def main() -> None:
         with open("outputs/result.json", "w") as f:
             json.dump({"val_acc": val_acc, "world_size": world}, f)
     if world > 1:
+        dist.barrier()  # leave together: gloo may abort a rank that tears down while rank 0 is still writing
         dist.destroy_process_group()
 
 

@@ -105,6 +105,24 @@ def left_by(client, env: dict, experiment: str) -> tuple[list, list, list]:
     return containers, networks, folders
 
 
+def start_two_nodes(command: str, env: dict) -> tuple[subprocess.Popen, Path]:
+    """`run-local --nodes 2 --command COMMAND` in the background, returned once both nodes have written
+    outputs/node_<NODE_RANK>.txt (COMMAND must): the task's process and its run folder."""
+    proc = subprocess.Popen([CLI, "run-local", "--nodes", "2", "--command", command], cwd=ROOT,
+                            env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        run_dir = Path(run_dir_of(proc.stdout.readline()))
+        deadline = time.monotonic() + 120
+        while not all((run_dir / f"outputs/node_{n}.txt").exists() for n in (0, 1)):
+            assert proc.poll() is None and time.monotonic() < deadline, "the run did not start"
+            time.sleep(0.2)
+    except BaseException:
+        proc.kill()
+        proc.communicate()
+        raise
+    return proc, run_dir
+
+
 def run_dir_of(output: str) -> str:
     match = re.search(r"results in (\S+)", output)
     assert match, output

@@ -19,9 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import CLI, ROOT
-
-from .conftest import containers_labelled, run_dir_of
+from .conftest import containers_labelled, start_two_nodes
 
 pytestmark = pytest.mark.engine_restart
 
@@ -93,16 +91,8 @@ def engine(docker_client):
 
 def test_an_engine_restart_mid_run_is_one_line_keeps_the_outputs_and_leaves_nothing(cpu_image, probe_env, engine,
                                                                                       docker_client):
-    proc = subprocess.Popen([CLI, "run-local", "--nodes", "2", "--command",
-                             "echo $NODE_RANK > outputs/node_$NODE_RANK.txt; echo up; sleep 300"],
-                            cwd=ROOT, env={**os.environ, **probe_env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc, run_dir = start_two_nodes("echo $NODE_RANK > outputs/node_$NODE_RANK.txt; echo up; sleep 300", probe_env)
     try:
-        run_dir = Path(run_dir_of(proc.stdout.readline()))
-        deadline = time.monotonic() + 120
-        while not all((run_dir / f"outputs/node_{n}.txt").exists() for n in (0, 1)):
-            assert proc.poll() is None and time.monotonic() < deadline, "the run did not start"
-            time.sleep(0.2)
         engine.stop()
         engine.start()
         out, err = proc.communicate(timeout=180)

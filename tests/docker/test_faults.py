@@ -14,7 +14,7 @@ import pytest
 
 from tests.conftest import CLI, ROOT
 
-from .conftest import containers_labelled, invoke, run_dir_of
+from .conftest import containers_labelled, invoke, run_dir_of, start_two_nodes
 
 # Both nodes write a file, then ignore SIGTERM (as a script saving a checkpoint would take its time), so the
 # gang stop lasts the launcher's whole grace period: the window for a second signal.
@@ -42,15 +42,8 @@ def assert_gone(client, run_id: str) -> None:
 ], ids=["ctrl-c-twice", "ctrl-c-three-times", "sigterm-then-ctrl-c", "ctrl-c-until-it-exits"])
 def test_more_signals_during_the_shutdown_still_end_canceled_with_the_first_signals_code(
         cpu_image, probe_env, docker_client, signals, until_exit, code):
-    proc = subprocess.Popen([CLI, "run-local", "--nodes", "2", "--command", STUBBORN],
-                            cwd=ROOT, env={**os.environ, **probe_env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc, run_dir = start_two_nodes(STUBBORN, probe_env)
     try:
-        run_dir = Path(run_dir_of(proc.stdout.readline()))
-        deadline = time.monotonic() + 120
-        while not all((run_dir / f"outputs/node_{n}.txt").exists() for n in (0, 1)):
-            assert proc.poll() is None and time.monotonic() < deadline, "the run did not start"
-            time.sleep(0.2)
         time.sleep(1)  # both nodes past their trap
         for signum in signals:
             proc.send_signal(signum)
